@@ -1,0 +1,82 @@
+//! What the API needs from a replica. bftd implements it over consensus;
+//! tests implement it over one local store.
+
+use kv::pb::bftdkv::Command;
+use kv::{KvError, Response};
+use tokio::sync::oneshot;
+
+/// Why an operation was not accepted for ordering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubmitError {
+    /// Too many operations are waiting at this replica (etcd: "too many
+    /// requests").
+    Overloaded,
+    /// The replica is stopping.
+    Stopped,
+}
+
+/// One member of the cluster as etcd's MemberList reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberInfo {
+    pub id: u64,
+    pub name: String,
+    pub peer_urls: Vec<String>,
+    pub client_urls: Vec<String>,
+}
+
+/// Static facts about the cluster and this replica.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterInfo {
+    pub cluster_id: u64,
+    /// etcd member id of this replica.
+    pub member_id: u64,
+    pub members: Vec<MemberInfo>,
+}
+
+/// Live progress of this replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Progress {
+    /// Regency (reported as etcd's raft_term).
+    pub regency: u64,
+    /// etcd member id of the current leader.
+    pub leader_member_id: u64,
+    /// Highest consensus instance decided (etcd's raft_index).
+    pub last_decided_cid: u64,
+    /// Highest consensus instance applied (etcd's raft_applied_index).
+    pub last_applied_cid: u64,
+}
+
+/// A replica as seen by the API.
+pub trait Backend: Send + Sync + 'static {
+    /// Orders `command` through consensus; the receiver yields its result at
+    /// this replica once executed.
+    fn submit(
+        &self,
+        command: Command,
+    ) -> Result<oneshot::Receiver<Result<Response, KvError>>, SubmitError>;
+    /// Checks a command as the state machine will, before ordering it.
+    fn validate(&self, command: &Command) -> Result<(), KvError>;
+    /// Executes a read-only command on local state (etcd's serializable
+    /// reads).
+    fn read_local(&self, command: &Command) -> Result<Response, KvError>;
+    /// Maintenance.HashKV: (hash, compact revision) at `revision`.
+    fn hash_kv(&self, revision: i64) -> Result<(u32, i64), KvError>;
+    /// Maintenance.Hash.
+    fn hash(&self) -> u32;
+    /// (revision, approximate size in bytes) of the local store.
+    fn store_size(&self) -> (i64, i64);
+    fn progress(&self) -> Progress;
+    fn cluster(&self) -> &ClusterInfo;
+    /// Records the latency of one API call (for metrics); no-op by default.
+    fn observe_request(&self, _latency: std::time::Duration) {}
+}
+
+/// etcd member id of replica `replica` in cluster `cluster_id`: a stable,
+/// non-zero 64-bit id derived from both.
+pub fn member_id(cluster_id: u64, replica: u16) -> u64 {
+    let mut b = [0u8; 10];
+    b[..8].copy_from_slice(&cluster_id.to_be_bytes());
+    b[8..].copy_from_slice(&replica.to_be_bytes());
+    let d = wire::hash::digest(&b);
+    u64::from_be_bytes(d.0[..8].try_into().expect("8 bytes")).max(1)
+}

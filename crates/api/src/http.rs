@@ -1,0 +1,78 @@
+//! The status and metrics endpoint of a replica (its `http_addr`):
+//! `GET /status` (JSON), `GET /metrics` (Prometheus text format 0.0.4),
+//! `GET /healthz` ("ok" when the replica serves).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::http::header::CONTENT_TYPE;
+use axum::routing::get;
+use axum::Router;
+
+/// What the endpoint reads from the replica.
+pub trait Observe: Send + Sync + 'static {
+    /// The `/status` document.
+    fn status_json(&self) -> serde_json::Value;
+    /// The `/metrics` body, Prometheus text format.
+    fn metrics_text(&self) -> String;
+    /// Fault injection for tests: cut the links to these replicas (an
+    /// empty list heals). Errors when the replica was not started with
+    /// fault injection on.
+    fn set_blocked(&self, peers: &[u16]) -> Result<(), String>;
+}
+
+/// Parses `peers=1,2` (or empty) from a query string.
+fn parse_peers(query: Option<&str>) -> Result<Vec<u16>, String> {
+    let q = query.unwrap_or("");
+    let list = q
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("peers="))
+        .ok_or("expected ?peers=<id>,<id>,... (empty to heal)")?;
+    list.split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<u16>().map_err(|e| format!("peer {s:?}: {e}")))
+        .collect()
+}
+
+/// Serves the endpoint on `listener` until `shutdown` resolves.
+pub async fn serve<O: Observe>(
+    listener: tokio::net::TcpListener,
+    observe: Arc<O>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (o1, o2, o3) = (observe.clone(), observe.clone(), observe);
+    let app = Router::new()
+        .route(
+            "/status",
+            get(move || async move { axum::Json(o1.status_json()) }),
+        )
+        .route(
+            "/metrics",
+            get(move || async move {
+                (
+                    [(CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    o2.metrics_text(),
+                )
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/debug/blocked",
+            axum::routing::put(move |uri: axum::http::Uri| async move {
+                match parse_peers(uri.query()).and_then(|p| o3.set_blocked(&p)) {
+                    Ok(()) => (axum::http::StatusCode::OK, "ok\n".to_string()),
+                    Err(e) => (axum::http::StatusCode::BAD_REQUEST, format!("{e}\n")),
+                }
+            }),
+        );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Binds the endpoint's address, with an error naming it.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("HTTP status address {addr}: {e}")))
+}

@@ -1,0 +1,8 @@
+//! `bftd`: the replica binary's library — config, CLI commands, and the
+//! wiring of the layers into a replica process.
+
+pub mod config;
+pub mod demo;
+pub mod metrics;
+pub mod replica;
+pub mod serve;

@@ -1,0 +1,142 @@
+//! The `bftd` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use bftd::config::{self, ClusterConfig, Durability};
+use clap::{Parser, Subcommand};
+
+/// bftd: a Byzantine-fault-tolerant, etcd-compatible key-value store for
+/// Kubernetes masters. Writes are ordered by BFT-SMaRt's Mod-SMaRt protocol
+/// among n = 3f+1 replicas; any etcd v3 client talks to its local replica.
+#[derive(Parser)]
+#[command(name = "bftd", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Generate an ed25519 identity key: writes the secret key file (mode
+    /// 0600) and prints the public key for the cluster config.
+    Keygen {
+        /// Where to write the secret key.
+        #[arg(long, default_value = "bftd.key")]
+        out: PathBuf,
+    },
+    /// Write a cluster config and keys for a loopback cluster.
+    Init {
+        /// Number of replicas, n = 3f+1 (4 tolerates 1 fault, 7 tolerates 2).
+        #[arg(long, default_value_t = 4)]
+        replicas: usize,
+        /// Directory for bftd.toml and keys/ (created).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Client ports are base..base+n; replica ports base+10000+i; HTTP base+20000+i.
+        #[arg(long, default_value_t = 2379)]
+        base_port: u16,
+        #[arg(long, value_enum, default_value_t = Durability::Fsync)]
+        durability: Durability,
+    },
+    /// Run one replica (for systemd and containers) until SIGINT/SIGTERM.
+    Run {
+        /// The cluster config (see `bftd init`).
+        #[arg(long)]
+        config: PathBuf,
+        /// This replica's id in the config.
+        #[arg(long)]
+        id: u16,
+        /// For tests only: lets `PUT /debug/blocked?peers=1,2` on the HTTP
+        /// status address cut this replica's links to those replicas.
+        #[arg(long)]
+        fault_injection: bool,
+    },
+    /// Run a local cluster on 127.0.0.1, one process per replica, until
+    /// SIGINT/SIGTERM.
+    Demo {
+        #[arg(long, default_value_t = 4)]
+        replicas: usize,
+        /// Client endpoints are 127.0.0.1:base..base+n.
+        #[arg(long, default_value_t = 2379)]
+        base_port: u16,
+        /// Keep config, keys, data and logs here (default: a temporary
+        /// directory removed at exit).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = Durability::Fsync)]
+        durability: Durability,
+    },
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result: Result<(), String> = match cli.command {
+        Cmd::Keygen { out } => {
+            let key = wire::SecretKey::generate();
+            config::write_secret(&out, &key)
+                .map_err(|e| {
+                    format!(
+                        "{}: {e} (refusing to overwrite an existing key)",
+                        out.display()
+                    )
+                })
+                .map(|()| {
+                    println!("public_key = \"{}\"", key.public().to_hex());
+                    eprintln!("secret key written to {}", out.display());
+                })
+        }
+        Cmd::Init {
+            replicas,
+            dir,
+            base_port,
+            durability,
+        } => config::init_loopback(&dir, replicas, base_port, durability)
+            .map(|p| {
+                println!(
+                    "wrote {} and {} keys under {}",
+                    p.display(),
+                    replicas,
+                    dir.join("keys").display()
+                )
+            })
+            .map_err(|e| e.to_string()),
+        Cmd::Run {
+            config,
+            id,
+            fault_injection,
+        } => {
+            init_tracing();
+            ClusterConfig::load(&config)
+                .map_err(|e| e.to_string())
+                .and_then(|c| bftd::serve::run(c, id, fault_injection).map_err(|e| e.to_string()))
+        }
+        Cmd::Demo {
+            replicas,
+            base_port,
+            data_dir,
+            durability,
+        } => bftd::demo::run(bftd::demo::DemoOptions {
+            replicas,
+            base_port,
+            data_dir,
+            durability,
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bftd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,333 @@
+//! The control thread: drives the consensus core with verified messages,
+//! this replica's own signed requests, persistence acknowledgements and
+//! ticks, and carries out its outputs — signing and sealing messages into
+//! the links' write buffers (own copies are fed straight back), handing
+//! batches to the storage thread, and decisions to the executor. It is the
+//! only writer of every outbound socket: it flushes at the end of each
+//! round and on every tick (so a stalled link is retried at least once a
+//! tick).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use control::{Output, Replica, Target};
+use crossbeam_channel::{select, Receiver, Sender, TryRecvError};
+use dataplane::{Dest, Outbox};
+use nic::{RxPath, TxPath};
+use wire::{CheckpointInfo, Cid, Digest, Message, ReplicaId, Request, Verified};
+
+use super::executor::ExecJob;
+use super::status::Status;
+use super::storage_thread::StorageJob;
+
+/// Inputs handled in one round, at most, before the round's flush: they
+/// share one write per link.
+pub const ROUND_INPUTS_MAX: usize = 64;
+
+/// Everything the control thread owns.
+pub struct ControlLoop<T: TxPath, R: RxPath> {
+    /// The receive pipeline, when the dataplane runs inline on this thread
+    /// (no dedicated cores: one thread wake per message hop instead of
+    /// two); `None` when a pinned dataplane thread feeds `inbox`.
+    pub inline: Option<dataplane::Receiver<R>>,
+    pub core: Replica,
+    /// Owns the send side of every link.
+    pub outbox: Outbox<T>,
+    /// Verified messages from the dataplane.
+    pub inbox: Receiver<Verified<Message>>,
+    /// This replica's own requests, signed on the API side: broadcast, then
+    /// fed to the core as its own copy.
+    pub from_proxy: Receiver<Verified<Request>>,
+    /// Durable batches acknowledged by the storage thread.
+    pub persisted: Receiver<(Cid, Digest)>,
+    /// Checkpoints the executor took.
+    pub checkpoints: Receiver<(CheckpointInfo, Arc<Vec<u8>>)>,
+    /// Links going up and down, from the dataplane.
+    pub links: Receiver<(ReplicaId, bool)>,
+    /// The storage thread, or `None` with `durability = "memory"`.
+    pub storage: Option<Sender<StorageJob>>,
+    pub to_executor: Sender<ExecJob>,
+    pub tick: Duration,
+    pub status: Arc<Status>,
+    /// A copy of the core's counters, refreshed every tick.
+    pub stats: Arc<parking_lot::Mutex<control::Stats>>,
+    pub hist: Arc<super::status::Histograms>,
+    /// Per open instance: when this replica proposed or accepted its
+    /// proposal, and when it sent its ACCEPT (for the phase histograms).
+    pub timing: std::collections::BTreeMap<Cid, (Instant, Option<Instant>)>,
+    /// Bound of `timing` (instances beyond the window never stay open).
+    pub timing_max: usize,
+}
+
+/// One input of the control thread.
+enum Input {
+    Message(Verified<Message>),
+    Request(Verified<Request>),
+    Persisted(Cid, Digest),
+    Checkpoint(CheckpointInfo, Arc<Vec<u8>>),
+    Link(ReplicaId, bool),
+    /// Nothing came before the deadline.
+    Idle,
+    /// A thread upstream is gone: the replica is stopping.
+    Closed,
+}
+
+/// Reusable buffers of the loop (no allocation per round once grown).
+#[derive(Default)]
+struct Scratch {
+    out: Vec<Output>,
+    work: Vec<Output>,
+    own: VecDeque<Verified<Message>>,
+}
+
+impl<T: TxPath, R: RxPath> ControlLoop<T, R> {
+    /// Runs until the dataplane hangs up or a thread downstream is gone.
+    pub fn run(mut self) {
+        let mut s = Scratch::default();
+        // After a restart (or at first start), ask whether anything was
+        // decided without this replica.
+        self.core.catch_up(&mut s.out);
+        if self.carry_out(&mut s).is_err() {
+            return;
+        }
+        let mut next_tick = Instant::now() + self.tick;
+        loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            let mut input = self.wait_input(wait);
+            // One round: the first input (waited for), then whatever else
+            // is ready, at most ROUND_INPUTS_MAX; then one flush for all.
+            let mut handled = 0;
+            loop {
+                if self.handle(input, &mut s).is_err() {
+                    return;
+                }
+                handled += 1;
+                if handled == ROUND_INPUTS_MAX {
+                    break;
+                }
+                input = self.try_input();
+                if matches!(input, Input::Idle) {
+                    break;
+                }
+            }
+            if Instant::now() >= next_tick {
+                self.core.on_tick(&mut s.out);
+                self.stats.lock().clone_from(self.core.stats());
+                next_tick += self.tick;
+                if next_tick < Instant::now() {
+                    next_tick = Instant::now() + self.tick; // don't burst after a stall
+                }
+                if self.carry_out(&mut s).is_err() {
+                    return;
+                }
+            }
+            self.outbox.flush();
+            self.publish();
+        }
+    }
+
+    /// Waits up to `wait` for one input.
+    fn wait_input(&mut self, wait: Duration) -> Input {
+        if self.inline.is_some() {
+            return self.wait_input_inline(wait);
+        }
+        select! {
+            recv(self.inbox) -> m => m.map_or(Input::Closed, Input::Message),
+            recv(self.from_proxy) -> r => match r {
+                Ok(r) => Input::Request(r),
+                Err(_) => {
+                    // The API side is gone; keep serving the others.
+                    self.from_proxy = crossbeam_channel::never();
+                    Input::Idle
+                }
+            },
+            recv(self.persisted) -> p => p.map_or(Input::Closed, |(c, d)| Input::Persisted(c, d)),
+            recv(self.checkpoints) -> c => c.map_or(Input::Closed, |(i, b)| Input::Checkpoint(i, b)),
+            recv(self.links) -> l => l.map_or(Input::Closed, |(p, up)| Input::Link(p, up)),
+            default(wait) => Input::Idle,
+        }
+    }
+
+    /// Inline dataplane: inputs already queued first; otherwise one receive
+    /// round that blocks in the transport until frames arrive, another
+    /// thread wakes it (proxy, storage, executor), or the deadline.
+    fn wait_input_inline(&mut self, wait: Duration) -> Input {
+        match self.try_input() {
+            Input::Idle => {}
+            ready => return ready,
+        }
+        let rx = self.inline.as_mut().expect("inline dataplane");
+        if rx.round_with_timeout(wait).is_err() {
+            return Input::Closed;
+        }
+        self.try_input()
+    }
+
+    /// One ready input, without waiting: messages first.
+    fn try_input(&mut self) -> Input {
+        match self.inbox.try_recv() {
+            Ok(m) => return Input::Message(m),
+            Err(TryRecvError::Disconnected) => return Input::Closed,
+            Err(TryRecvError::Empty) => {}
+        }
+        if let Ok(r) = self.from_proxy.try_recv() {
+            return Input::Request(r);
+        }
+        if let Ok((p, up)) = self.links.try_recv() {
+            return Input::Link(p, up);
+        }
+        if let Ok((i, b)) = self.checkpoints.try_recv() {
+            return Input::Checkpoint(i, b);
+        }
+        match self.persisted.try_recv() {
+            Ok((c, d)) => Input::Persisted(c, d),
+            Err(TryRecvError::Disconnected) => Input::Closed,
+            Err(TryRecvError::Empty) => Input::Idle,
+        }
+    }
+
+    /// Feeds one input to the core and carries out what it asks. Err if a
+    /// thread up- or downstream is gone.
+    fn handle(&mut self, input: Input, s: &mut Scratch) -> Result<(), ()> {
+        match input {
+            Input::Message(m) => self.core.on_message(m, &mut s.out),
+            Input::Request(r) => {
+                // BFT-SMaRt clients send to every replica; this replica's
+                // copy goes straight to its core. A leader's own requests
+                // travel in its PROPOSE instead (if the regency changes
+                // first, the request timeout forwards it to the new leader).
+                let own = r.into_message();
+                if !self.core.is_leader() || self.core.is_syncing() {
+                    self.outbox.send_signed(Dest::All, &own);
+                }
+                self.core.on_message(own, &mut s.out);
+            }
+            Input::Persisted(cid, digest) => self.core.on_persisted(cid, digest, &mut s.out),
+            Input::Checkpoint(info, blob) => self.core.on_checkpoint(info, blob),
+            Input::Link(peer, up) => self.core.on_link(peer, up),
+            Input::Idle => {}
+            Input::Closed => return Err(()),
+        }
+        self.carry_out(s)
+    }
+
+    /// Carries out outputs until none are left, feeding own copies of sent
+    /// messages back to the core. Err if a downstream thread is gone.
+    fn carry_out(&mut self, s: &mut Scratch) -> Result<(), ()> {
+        // Each round of own copies produces finitely many outputs: the core
+        // answers its own PROPOSE with one WRITE, WRITEs with at most one
+        // ACCEPT per instance, and so on.
+        loop {
+            std::mem::swap(&mut s.out, &mut s.work);
+            for o in s.work.drain(..) {
+                match o {
+                    Output::Send { to, msg } => {
+                        self.time_phase(&msg);
+                        let dest = match to {
+                            Target::All => Dest::All,
+                            Target::One(r) => Dest::One(r),
+                        };
+                        if let Some(copy) = self.outbox.send(dest, msg) {
+                            s.own.push_back(copy);
+                        }
+                    }
+                    Output::Persist {
+                        cid,
+                        regency,
+                        batch,
+                    } => match &self.storage {
+                        Some(st) => st
+                            .send(StorageJob::Proposal {
+                                cid,
+                                regency,
+                                batch,
+                            })
+                            .map_err(|_| ())?,
+                        None => self.core.on_persisted(cid, batch.digest(), &mut s.out),
+                    },
+                    Output::Deliver(d) => {
+                        if let Some((proposed, accepted)) = self.timing.remove(&d.cid) {
+                            let now = Instant::now();
+                            self.hist.consensus_instance.observe(now - proposed);
+                            if let Some(a) = accepted {
+                                self.hist.accept_phase.observe(now - a);
+                            }
+                        }
+                        self.timing.retain(|&c, _| c > d.cid);
+                        if let Some(st) = &self.storage {
+                            st.send(StorageJob::Decision {
+                                batch: d.batch.clone(),
+                                proof: d.proof.clone(),
+                            })
+                            .map_err(|_| ())?;
+                        }
+                        self.to_executor.send(ExecJob::Decide(d)).map_err(|_| ())?;
+                    }
+                    Output::Regency { regency, leader } => {
+                        tracing::info!(regency, leader = leader.0, "regency installed");
+                        if let Some(st) = &self.storage {
+                            st.send(StorageJob::Regency(regency)).map_err(|_| ())?;
+                        }
+                    }
+                    Output::InstallCheckpoint { info, blob, app } => {
+                        tracing::info!(cid = info.cid, "state transfer: installing checkpoint");
+                        if let Some(st) = &self.storage {
+                            st.send(StorageJob::Installed {
+                                cid: info.cid,
+                                blob,
+                            })
+                            .map_err(|_| ())?;
+                        }
+                        let clients = self.core.clients().clone();
+                        self.to_executor
+                            .send(ExecJob::Install {
+                                cid: info.cid,
+                                app,
+                                clients,
+                            })
+                            .map_err(|_| ())?;
+                    }
+                }
+            }
+            match s.own.pop_front() {
+                Some(m) => self.core.on_message(m, &mut s.out),
+                None if s.out.is_empty() => return Ok(()),
+                None => {}
+            }
+        }
+    }
+
+    /// Notes the phase transitions of an instance from the messages this
+    /// replica sends: PROPOSE (leader) or WRITE (backup) starts it, ACCEPT
+    /// ends the WRITE phase.
+    fn time_phase(&mut self, msg: &Message) {
+        let now = Instant::now();
+        match msg {
+            Message::Propose(p) => {
+                self.timing.entry(p.cid).or_insert((now, None));
+            }
+            Message::Write(w) => {
+                self.timing.entry(w.cid).or_insert((now, None));
+            }
+            Message::Accept(a) => {
+                if let Some((proposed, accepted @ None)) = self.timing.get_mut(&a.cid) {
+                    *accepted = Some(now);
+                    self.hist.write_phase.observe(now - *proposed);
+                }
+            }
+            _ => {}
+        }
+        while self.timing.len() > self.timing_max {
+            self.timing.pop_first();
+        }
+    }
+
+    fn publish(&self) {
+        let s = &self.status;
+        Status::set(&s.regency, self.core.regency() as u64);
+        Status::set(&s.leader, self.core.leader().0 as u64);
+        Status::set(&s.last_decided_cid, self.core.last_decided());
+        Status::set(&s.pending_requests, self.core.pending_len() as u64);
+    }
+}

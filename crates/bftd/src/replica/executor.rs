@@ -1,0 +1,190 @@
+//! The executor thread: applies decisions to the key-value store in cid
+//! order, answers this replica's own clients, takes checkpoints, and
+//! installs checkpoints brought by state transfer.
+//!
+//! Writes execute at every replica. Read-only operations (linearizable
+//! reads, ordered through consensus) execute only at the replica whose
+//! client asked, at their position in the order: the same result every
+//! replica would compute there, without the others doing the work.
+
+use std::sync::Arc;
+
+use control::{ClientTable, Decision};
+use crossbeam_channel::{Receiver, Sender};
+use kv::{KvError, Store};
+use parking_lot::RwLock;
+use wire::{CheckpointInfo, ClientId, Request};
+
+use super::proxy::Waiters;
+use super::status::Status;
+use super::storage_thread::StorageJob;
+
+/// Work for the executor.
+pub enum ExecJob {
+    /// Execute the next decision.
+    Decide(Decision),
+    /// Replace the store with a checkpoint's application state (state
+    /// transfer); `clients` is the de-duplication table it came with.
+    Install {
+        cid: wire::Cid,
+        app: Vec<u8>,
+        clients: ClientTable,
+    },
+}
+
+/// Everything the executor owns.
+pub struct Executor {
+    pub store: Arc<RwLock<Store>>,
+    pub jobs: Receiver<ExecJob>,
+    pub me: ClientId,
+    pub waiters: Arc<Waiters>,
+    pub status: Arc<Status>,
+    /// Most commands decoded from one request.
+    pub commands_per_request_max: usize,
+    /// Checkpoints taken, reported to the control thread.
+    pub checkpoints: Sender<(CheckpointInfo, Arc<Vec<u8>>)>,
+    /// The storage thread (`None` with `durability = "memory"`).
+    pub storage: Option<Sender<StorageJob>>,
+    pub hist: Arc<super::status::Histograms>,
+    /// Wakes the control thread when it waits in the transport (inline
+    /// dataplane).
+    pub wake: Option<nic::RxWaker>,
+}
+
+/// Executes one request against `store`: its writes always, its reads only
+/// when `own` (this replica's client asked). Returns one result per command
+/// when `own`; an undecodable payload (deterministic at every replica)
+/// executes nothing and returns `Err`.
+pub fn execute_request(
+    store: &mut Store,
+    r: &Request,
+    own: bool,
+    commands_max: usize,
+) -> Result<Vec<Result<kv::Response, KvError>>, wire::DecodeError> {
+    let commands = kv::command::decode_batch(&r.payload, commands_max)?;
+    Ok(commands
+        .iter()
+        .filter_map(|c| {
+            if c.is_read_only() {
+                own.then(|| store.execute_read_only(c))
+            } else {
+                let res = store.apply(c);
+                own.then_some(res)
+            }
+        })
+        .collect())
+}
+
+impl Executor {
+    /// Runs until the control thread hangs up.
+    pub fn run(self) {
+        while let Ok(job) = self.jobs.recv() {
+            match job {
+                ExecJob::Decide(d) => {
+                    let started = std::time::Instant::now();
+                    self.execute(&d);
+                    self.hist.execute.observe(started.elapsed());
+                }
+                ExecJob::Install { cid, app, clients } => self.install(cid, &app, &clients),
+            }
+        }
+    }
+
+    fn execute(&self, d: &Decision) {
+        let mut executed = 0;
+        for r in d.fresh_requests() {
+            executed += 1;
+            let own = r.client == self.me;
+            let result = execute_request(
+                &mut self.store.write(),
+                r,
+                own,
+                self.commands_per_request_max,
+            );
+            match result {
+                Ok(results) if own => {
+                    let mut it = results.into_iter();
+                    self.answer(r.seq, |_| it.next().expect("one result per command"));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(client = ?r.client, seq = r.seq, "undecodable request skipped: {e}");
+                    if own {
+                        self.answer(r.seq, |_| Err(KvError::UndecodableRequest));
+                    }
+                }
+            }
+        }
+        let s = &self.status;
+        Status::set(&s.last_applied_cid, d.cid);
+        Status::set(&s.revision, self.store.read().revision() as u64);
+        s.decisions_total
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        s.requests_executed_total
+            .fetch_add(executed, std::sync::atomic::Ordering::Relaxed);
+        if let Some(clients) = &d.checkpoint {
+            self.checkpoint(d, clients);
+        }
+    }
+
+    /// Takes the checkpoint the decision asks for: the store after it, the
+    /// de-duplication table, the decision's proof.
+    fn checkpoint(&self, d: &Decision, clients: &ClientTable) {
+        let app = self.store.read().snapshot();
+        let blob = Arc::new(control::checkpoint::encode(
+            d.cid,
+            Some(&d.proof),
+            clients,
+            &app,
+        ));
+        let info = CheckpointInfo {
+            cid: d.cid,
+            digest: control::checkpoint::digest(&blob).expect("a blob made by checkpoint::encode"),
+            len: blob.len() as u64,
+        };
+        if let Some(s) = &self.storage {
+            let _ = s.send(StorageJob::Checkpoint {
+                cid: d.cid,
+                blob: blob.clone(),
+            });
+        }
+        // Never block on the control thread (it may be blocked on us): a
+        // dropped report only delays trimming its decision log.
+        if self.checkpoints.try_send((info, blob)).is_ok() {
+            if let Some(w) = &self.wake {
+                w.wake();
+            }
+        }
+    }
+
+    fn install(&self, cid: wire::Cid, app: &[u8], clients: &ClientTable) {
+        // f+1 replicas reported this checkpoint's digest: a snapshot that
+        // does not decode means correct replicas wrote a bad one.
+        let store = Store::restore(app).expect("a checkpoint f+1 replicas agree on decodes");
+        let revision = store.revision();
+        *self.store.write() = store;
+        let s = &self.status;
+        Status::set(&s.last_applied_cid, cid);
+        Status::set(&s.revision, revision as u64);
+        // Own requests the checkpoint already includes were executed
+        // elsewhere: their results are unknown here.
+        for replies in self
+            .waiters
+            .take_executed(|seq| clients.is_executed(self.me, seq))
+        {
+            for reply in replies {
+                let _ = reply.send(Err(KvError::OutcomeUnknown));
+            }
+        }
+        tracing::info!(cid, revision, "installed a checkpoint from state transfer");
+    }
+
+    /// Answers every waiting caller of request `seq`.
+    fn answer(&self, seq: u64, mut result: impl FnMut(usize) -> Result<kv::Response, KvError>) {
+        if let Some(replies) = self.waiters.take(seq) {
+            for (i, reply) in replies.into_iter().enumerate() {
+                let _ = reply.send(result(i)); // the caller may have given up
+            }
+        }
+    }
+}

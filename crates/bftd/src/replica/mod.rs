@@ -1,0 +1,598 @@
+//! One replica process: the threads of DESIGN.md wired together.
+//!
+//! ```text
+//!  sockets ──read──▶ dataplane (poll, open, decode, verify) ──Verified──▶ control ──Decision──▶ executor ──▶ kv
+//!     ▲                                                                 │  ▲  ▲                     │
+//!     └───── write (flush) ◀── Outbox (sign, seal into link buffers) ◀──┘  │  └ own copies          └──▶ replies
+//!  API (tokio): submit ──▶ op queue ──▶ combiner (bundle, sign) ──REQUEST──┘    (and take → combine)
+//!  connector thread: accept/dial/handshake/redial only; hands sockets over
+//! ```
+//!
+//! A message crosses two threads per hop: the sender's control thread
+//! writes the socket, the receiver's dataplane thread reads it (no nic
+//! threads in between). Every cross-thread path is a bounded crossbeam
+//! queue sized from the config. The control and dataplane threads are
+//! pinned to their cores when pinning is on.
+
+mod control_loop;
+mod executor;
+mod proxy;
+mod recovery;
+mod status;
+mod storage_thread;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use dataplane::{DataplaneStats, Outbox, Receiver, RxConfig};
+use kv::pb::bftdkv::Command;
+use kv::{KvError, Response, Store};
+use nic::{NicStats, RxPath, TcpConfig, TcpNic};
+use parking_lot::RwLock;
+use tokio::sync::oneshot;
+use wire::{ClientId, ReplicaId, Signer, Verifier};
+
+pub use nic::Io;
+
+pub use proxy::{ProxyHandle, Refused};
+pub use status::{Histograms, Status};
+
+use crate::config::{ClusterConfig, ConfigError, Durability, PinCores};
+use crate::metrics::{Sample, Source};
+
+/// Requests of this replica's proxy being ordered at once (see
+/// [`proxy`]): one, as a BFT-SMaRt client; operations arriving meanwhile
+/// join the next bundle.
+const PROXY_REQUESTS_IN_FLIGHT_MAX: usize = 1;
+
+/// Why a replica could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Storage(#[from] storage::StorageError),
+    #[error("recovery: {0}")]
+    Recovery(String),
+}
+
+/// A running replica's shared handles (for the API, metrics and tests).
+pub struct Running {
+    pub id: u16,
+    pub config: Arc<ClusterConfig>,
+    pub status: Arc<Status>,
+    pub store: Arc<RwLock<Store>>,
+    pub proxy: ProxyHandle,
+    pub dataplane_stats: Arc<DataplaneStats>,
+    pub control_stats: Arc<parking_lot::Mutex<control::Stats>>,
+    pub hist: Arc<Histograms>,
+    /// Counters of the transport.
+    pub nic: Arc<NicStats>,
+    /// The transport's fault switch (tests only, behind --fault-injection).
+    pub faults: nic::FaultSwitch,
+    pub cluster: api::ClusterInfo,
+    threads: Vec<JoinHandle<()>>,
+    /// Keeps the connector thread (link set-up) running.
+    _connector: nic::Connector,
+}
+
+fn spawn(
+    name: &str,
+    core: Option<usize>,
+    f: impl FnOnce() + Send + 'static,
+) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(move || {
+            if let Some(c) = core {
+                if !core_affinity::set_for_current(core_affinity::CoreId { id: c }) {
+                    tracing::warn!(core = c, "could not pin thread to core");
+                }
+            }
+            f()
+        })
+}
+
+/// Cores to pin the control and dataplane threads to, per the policy.
+fn pinning(cfg: &ClusterConfig) -> (Option<usize>, Option<usize>) {
+    let cores = core_affinity::get_core_ids().map_or(0, |c| c.len());
+    let on = match cfg.dataplane.pin_cores {
+        PinCores::On => true,
+        PinCores::Off => false,
+        PinCores::Auto => cores >= 2,
+    };
+    let ok = |c: usize| (on && c < cores).then_some(c);
+    (
+        ok(cfg.dataplane.control_core),
+        ok(cfg.dataplane.dataplane_core),
+    )
+}
+
+/// First proxy sequence number of this run: the boot count (kept in the
+/// data dir) in the high 32 bits, so seqs never repeat across restarts and
+/// the de-duplication window slides past every earlier run's seqs.
+fn first_seq(data_dir: &Path) -> std::io::Result<u64> {
+    std::fs::create_dir_all(data_dir)?;
+    let path = data_dir.join("boot_count");
+    let prev = match std::fs::read_to_string(&path) {
+        Ok(s) => s.trim().parse::<u64>().map_err(|e| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "{}: not a number ({e}); remove the file to reset",
+                    path.display()
+                ),
+            )
+        })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(e),
+    };
+    let boot = prev + 1;
+    let tmp = data_dir.join("boot_count.tmp");
+    std::fs::write(&tmp, format!("{boot}\n"))?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(boot << 32)
+}
+
+/// Starts replica `id` of `config` with the kernel interface its config
+/// names (`[dataplane] io`); see [`start_with_io`].
+pub fn start(config: Arc<ClusterConfig>, id: u16) -> Result<Running, StartError> {
+    let io = config
+        .dataplane
+        .io
+        .parse()
+        .map_err(|e| ConfigError::Invalid(format!("[dataplane] io: {e}")))?;
+    start_with_io(config, id, io)
+}
+
+/// Starts replica `id` of `config`: binds its replica port and starts its
+/// threads, moving replica traffic with `io` (io_uring falls back to epoll
+/// where the kernel refuses it). The API is served separately (see
+/// [`crate::serve`]).
+pub fn start_with_io(config: Arc<ClusterConfig>, id: u16, io: Io) -> Result<Running, StartError> {
+    let entry = config.replica(id)?.clone();
+    let secret = config.load_secret(id)?;
+    let keyring = config.keyring();
+    let limits = config.limits();
+    let n = config.n();
+    let me = ReplicaId(id);
+    let dp = &config.dataplane;
+    let data_dir = config.data_dir(id);
+    let (control_core, dataplane_core) = pinning(&config);
+    // Without dedicated cores a separate dataplane thread isolates nothing
+    // and costs a thread wake-up per message hop: run it inline.
+    let inline = match dp.threads.as_str() {
+        "inline" => true,
+        "separate" => false,
+        _ => dataplane_core.is_none(),
+    };
+
+    let mut tcp = TcpConfig::new(
+        me,
+        entry.replica_addr,
+        config
+            .replicas
+            .iter()
+            .filter(|r| r.id != id)
+            .map(|r| (ReplicaId(r.id), r.replica_addr))
+            .collect(),
+        secret.clone(),
+        keyring.clone(),
+    );
+    tcp.message_bytes_max = limits.message_bytes_max;
+    tcp.tx_buffer_bytes_max = 2 * (4 + tcp.frame_bytes_max());
+    tcp.tx_queue_messages_max = dp.tx_queue_messages_max;
+    let TcpNic { connector, rx, tx } = TcpNic::start(tcp, io)?;
+    tracing::info!(replica = id, io = ?connector.io(), "replica links");
+    let nic = rx.stats().clone();
+    let faults = rx.faults().clone();
+
+    let durability = match config.storage.durability {
+        Durability::Fsync => storage::Durability::Fsync,
+        Durability::Memory => storage::Durability::Memory,
+    };
+    let restored = recovery::restore(
+        &data_dir,
+        durability,
+        config.control_config(id),
+        &limits,
+        config.api.proxy_bundle_ops_max,
+    )?;
+    tracing::info!(
+        replica = id,
+        checkpoint = ?restored.checkpoint_cid,
+        replayed = restored.replayed,
+        last_decided = restored.core.last_decided(),
+        regency = restored.core.regency(),
+        "recovered from the data directory"
+    );
+
+    let status = Arc::new(Status::default());
+    Status::set(&status.last_applied_cid, restored.core.last_decided());
+    Status::set(&status.revision, restored.store.revision() as u64);
+    let dataplane_stats = Arc::new(DataplaneStats::default());
+    let control_stats = Arc::new(parking_lot::Mutex::new(control::Stats::default()));
+    let hist = Arc::new(Histograms::default());
+    let store = Arc::new(RwLock::new(restored.store));
+
+    let window = config.protocol.instance_window;
+    let (to_control, inbox) = crossbeam_channel::bounded(dp.control_queue_messages_max);
+    let (to_executor, exec_jobs) = crossbeam_channel::bounded(window * 2);
+    let (storage_tx, storage_rx) = crossbeam_channel::bounded(window * 4);
+    let (acks_tx, acks_rx) = crossbeam_channel::bounded(window * 2);
+    let (checkpoints_tx, checkpoints_rx) = crossbeam_channel::bounded(4);
+    let (links_tx, links_rx) = crossbeam_channel::bounded(4 * n);
+    let signer = Signer::new(config.cluster_id, me, secret);
+    // Threads that feed the control thread wake it when it waits in the
+    // transport (inline dataplane).
+    let wake = inline.then(|| rx.waker());
+    let (proxy_handle, waiters, from_proxy) = proxy::Proxy::start(
+        signer.clone(),
+        first_seq(&data_dir)?,
+        config.api.proxy_queue_ops_max,
+        config.api.proxy_bundle_ops_max,
+        PROXY_REQUESTS_IN_FLIGHT_MAX,
+        wake.clone(),
+    );
+    let mut threads = Vec::new();
+
+    let (storage, persisted) = match config.storage.durability {
+        Durability::Fsync => {
+            let st = restored.storage;
+            let group_max = config.protocol.pipeline_depth.max(1) * 8;
+            let h = hist.clone();
+            let w = wake.clone();
+            threads.push(spawn(&format!("storage-r{id}"), None, move || {
+                storage_thread::run(st, storage_rx, acks_tx, group_max, h, w)
+            })?);
+            (Some(storage_tx), acks_rx)
+        }
+        // No storage thread: the control loop acknowledges inline and must
+        // not wait on a channel whose sender is gone.
+        Durability::Memory => (None, crossbeam_channel::never()),
+    };
+
+    let rx_cfg = RxConfig {
+        rx_budget_per_peer: dp.rx_budget_per_peer,
+        verify_batch_max: dp.verify_batch_max,
+        spin: Duration::from_micros(dp.rx_spin_us),
+        ..RxConfig::default()
+    };
+    let receiver = Receiver::new(
+        rx,
+        n,
+        Verifier::new(keyring.clone(), 4 * config.protocol.pending_requests_max),
+        limits,
+        rx_cfg,
+        to_control,
+        dataplane_stats.clone(),
+    )
+    .with_link_events(links_tx);
+    let inline_receiver = if inline {
+        assert!(
+            dp.control_queue_messages_max >= rx_cfg.events_per_round_max,
+            "an inline round must fit the control queue (it is drained by the same thread)"
+        );
+        Some(receiver)
+    } else {
+        threads.push(spawn(
+            &format!("dataplane-r{id}"),
+            dataplane_core,
+            move || receiver.run(),
+        )?);
+        None
+    };
+    tracing::info!(replica = id, inline, "dataplane");
+
+    let control = control_loop::ControlLoop {
+        inline: inline_receiver,
+        core: restored.core,
+        outbox: Outbox::new(signer, tx, dataplane_stats.clone()),
+        inbox,
+        from_proxy,
+        persisted,
+        checkpoints: checkpoints_rx,
+        links: links_rx,
+        storage: storage.clone(),
+        to_executor,
+        tick: Duration::from_millis(config.protocol.tick_ms),
+        status: status.clone(),
+        stats: control_stats.clone(),
+        hist: hist.clone(),
+        timing: Default::default(),
+        timing_max: 4 * window,
+    };
+    threads.push(spawn(&format!("control-r{id}"), control_core, move || {
+        control.run()
+    })?);
+
+    let executor = executor::Executor {
+        store: store.clone(),
+        jobs: exec_jobs,
+        me: ClientId::of_replica(me),
+        waiters,
+        status: status.clone(),
+        commands_per_request_max: config.api.proxy_bundle_ops_max,
+        checkpoints: checkpoints_tx,
+        storage,
+        hist: hist.clone(),
+        wake,
+    };
+    threads.push(spawn(&format!("executor-r{id}"), None, move || {
+        executor.run()
+    })?);
+
+    let cluster = api::ClusterInfo {
+        cluster_id: config.cluster_id,
+        member_id: api::member_id(config.cluster_id, id),
+        members: config
+            .replicas
+            .iter()
+            .map(|r| api::MemberInfo {
+                id: api::member_id(config.cluster_id, r.id),
+                name: format!("bftd-{}", r.id),
+                peer_urls: vec![format!("http://{}", r.replica_addr)],
+                client_urls: vec![format!("http://{}", r.client_addr)],
+            })
+            .collect(),
+    };
+    Ok(Running {
+        id,
+        config,
+        status,
+        store,
+        proxy: proxy_handle,
+        dataplane_stats,
+        control_stats,
+        hist,
+        nic,
+        faults,
+        cluster,
+        threads,
+        _connector: connector,
+    })
+}
+
+impl Running {
+    /// Waits for the replica's threads (they run until the process ends).
+    pub fn join(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The API's view of a running replica.
+pub struct ReplicaBackend {
+    pub hist: Arc<Histograms>,
+    pub store: Arc<RwLock<Store>>,
+    pub proxy: ProxyHandle,
+    pub status: Arc<Status>,
+    pub cluster: api::ClusterInfo,
+    pub cluster_id: u64,
+}
+
+impl api::Backend for ReplicaBackend {
+    fn submit(
+        &self,
+        command: Command,
+    ) -> Result<oneshot::Receiver<Result<Response, KvError>>, api::SubmitError> {
+        let (tx, rx) = oneshot::channel();
+        self.proxy.submit(command, tx).map_err(|e| match e {
+            Refused::Overloaded => api::SubmitError::Overloaded,
+            Refused::Stopped => api::SubmitError::Stopped,
+        })?;
+        Ok(rx)
+    }
+    fn validate(&self, command: &Command) -> Result<(), KvError> {
+        self.store.read().validate(command)
+    }
+    fn read_local(&self, command: &Command) -> Result<Response, KvError> {
+        self.store.read().execute_read_only(command)
+    }
+    fn hash_kv(&self, revision: i64) -> Result<(u32, i64), KvError> {
+        self.store.read().hash_kv(revision)
+    }
+    fn hash(&self) -> u32 {
+        self.store.read().hash()
+    }
+    fn store_size(&self) -> (i64, i64) {
+        let s = self.store.read();
+        (s.revision(), s.snapshot().len() as i64)
+    }
+    fn progress(&self) -> api::Progress {
+        let s = &self.status;
+        api::Progress {
+            regency: Status::get(&s.regency),
+            leader_member_id: api::member_id(self.cluster_id, Status::get(&s.leader) as u16),
+            last_decided_cid: Status::get(&s.last_decided_cid),
+            last_applied_cid: Status::get(&s.last_applied_cid),
+        }
+    }
+    fn cluster(&self) -> &api::ClusterInfo {
+        &self.cluster
+    }
+    fn observe_request(&self, latency: Duration) {
+        self.hist.api_request.observe(latency);
+    }
+}
+
+/// What `/status` and `/metrics` read.
+#[derive(Clone)]
+pub struct Observer {
+    pub id: u16,
+    pub status: Arc<Status>,
+    pub store: Arc<RwLock<Store>>,
+    pub dataplane: Arc<DataplaneStats>,
+    pub control: Arc<parking_lot::Mutex<control::Stats>>,
+    pub nic: Arc<NicStats>,
+    /// Set only with `bftd run --fault-injection` (tests).
+    pub faults: Option<nic::FaultSwitch>,
+    pub hist: Arc<Histograms>,
+}
+
+impl std::fmt::Debug for Observer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Observer(replica {})", self.id)
+    }
+}
+
+impl Source for Observer {
+    fn samples(&self) -> Vec<Sample> {
+        let s = &self.status;
+        let g = Status::get;
+        let mut v = vec![
+            Sample::gauge("regency", "Current regency (leader epoch)", g(&s.regency)),
+            Sample::gauge("leader", "Replica id of the current leader", g(&s.leader)),
+            Sample::gauge(
+                "last_decided_cid",
+                "Highest consensus instance decided",
+                g(&s.last_decided_cid),
+            ),
+            Sample::gauge(
+                "last_applied_cid",
+                "Highest consensus instance executed",
+                g(&s.last_applied_cid),
+            ),
+            Sample::gauge("revision", "Key-value store revision", g(&s.revision)),
+            Sample::gauge(
+                "pending_requests",
+                "Requests waiting to be ordered",
+                g(&s.pending_requests),
+            ),
+            Sample::counter(
+                "decisions",
+                "Consensus instances executed",
+                g(&s.decisions_total),
+            ),
+            Sample::counter(
+                "requests_executed",
+                "Client requests executed",
+                g(&s.requests_executed_total),
+            ),
+            Sample::histogram(
+                "consensus_instance_seconds",
+                "One consensus instance, proposal to decision, at this replica",
+                &self.hist.consensus_instance,
+            ),
+            Sample::histogram(
+                "consensus_write_phase_seconds",
+                "Proposal to this replica's ACCEPT",
+                &self.hist.write_phase,
+            ),
+            Sample::histogram(
+                "consensus_accept_phase_seconds",
+                "This replica's ACCEPT to the decision",
+                &self.hist.accept_phase,
+            ),
+            Sample::histogram(
+                "wal_fsync_seconds",
+                "One write-ahead log group commit",
+                &self.hist.fsync,
+            ),
+            Sample::histogram(
+                "execute_seconds",
+                "Executing one decision",
+                &self.hist.execute,
+            ),
+            Sample::histogram(
+                "api_request_seconds",
+                "One etcd API call at this replica",
+                &self.hist.api_request,
+            ),
+            Sample::histogram(
+                "dataplane_verify_seconds",
+                "Verifying one batch of received messages",
+                &self.dataplane.verify_seconds,
+            ),
+        ];
+        for (name, label, value) in self.dataplane.metrics() {
+            let sample = Sample::counter(name, "Dataplane counter (see DataplaneStats)", value);
+            v.push(if label.is_empty() {
+                sample
+            } else {
+                sample.label("reason", label)
+            });
+        }
+        let c = self.control.lock().clone();
+        for (reason, value) in [
+            ("wrong_regency", c.drop_wrong_regency),
+            ("stale_cid", c.drop_stale_cid),
+            ("future_cid", c.drop_future_cid),
+            ("not_leader", c.drop_not_leader),
+            ("bad_batch", c.drop_bad_batch),
+            ("equivocation", c.drop_equivocation),
+            ("conflicting_vote", c.drop_conflicting_vote),
+        ] {
+            v.push(
+                Sample::counter(
+                    "control_drops",
+                    "Messages the consensus core refused",
+                    value,
+                )
+                .label("reason", reason),
+            );
+        }
+        v.push(Sample::counter(
+            "proposals",
+            "Batches proposed as leader",
+            c.proposals_sent,
+        ));
+        v.push(Sample::counter(
+            "requests_deduplicated",
+            "Duplicate requests not executed",
+            c.requests_deduplicated,
+        ));
+        v.push(Sample::counter(
+            "requests_refused_full",
+            "Requests refused: pending pool full",
+            c.requests_refused_full,
+        ));
+        for m in self.nic.metrics() {
+            let name = m.name.strip_suffix("_total").unwrap_or(m.name);
+            let mut sample =
+                Sample::counter(name, "Transport counter (see nic::NicStats)", m.value);
+            for (k, val) in m.labels {
+                sample = sample.label(k, val);
+            }
+            v.push(sample);
+        }
+        v
+    }
+}
+
+impl api::http::Observe for Observer {
+    fn status_json(&self) -> serde_json::Value {
+        let s = &self.status;
+        let store = self.store.read();
+        serde_json::json!({
+            "replica": self.id,
+            "regency": Status::get(&s.regency),
+            "leader": Status::get(&s.leader),
+            "last_decided_cid": Status::get(&s.last_decided_cid),
+            "last_applied_cid": Status::get(&s.last_applied_cid),
+            "revision": store.revision(),
+            "state_digest": store.state_digest().to_hex(),
+            "keys": store.key_count(),
+            "pending_requests": Status::get(&s.pending_requests),
+        })
+    }
+    fn metrics_text(&self) -> String {
+        crate::metrics::encode(self.clone())
+    }
+    fn set_blocked(&self, peers: &[u16]) -> Result<(), String> {
+        let f = self
+            .faults
+            .as_ref()
+            .ok_or("fault injection is off (start the replica with --fault-injection)")?;
+        let peers: Vec<wire::ReplicaId> = peers.iter().map(|&p| wire::ReplicaId(p)).collect();
+        f.set_blocked(&peers);
+        tracing::warn!(?peers, "fault injection: links to these replicas are cut");
+        Ok(())
+    }
+}

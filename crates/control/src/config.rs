@@ -1,0 +1,193 @@
+//! Parameters of the consensus core. Every replica of a cluster must use the
+//! same values for the protocol constants (n, batch limits); the others are
+//! local.
+
+use thiserror::Error;
+use wire::ReplicaId;
+
+/// Configuration of one replica's consensus core.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Number of replicas, n >= 4. Tolerates f = floor((n-1)/3) faults.
+    pub n: usize,
+    /// This replica.
+    pub me: ReplicaId,
+    /// Most requests the leader puts in one batch.
+    pub batch_requests_max: usize,
+    /// Most bytes (encoded) of one batch.
+    pub batch_bytes_max: usize,
+    /// Most consensus instances the leader keeps in flight (proposed, not
+    /// yet decided). 1 is BFT-SMaRt's behaviour.
+    pub pipeline_depth: usize,
+    /// With an instance already in flight, the leader proposes another only
+    /// once this many requests wait (otherwise they wait for the previous
+    /// decision and go in one batch, as in BFT-SMaRt): pipelining is for
+    /// heavy load, batching for the rest.
+    pub pipeline_batch_min: usize,
+    /// How far past the last decided cid this replica accepts messages for
+    /// instances, in cids. Must be >= `pipeline_depth`; a replica that falls
+    /// further behind catches up by state transfer.
+    pub instance_window: usize,
+    /// Most requests waiting to be ordered; more are refused at entry.
+    pub pending_requests_max: usize,
+    /// Ticks a request may wait to be ordered before it is forwarded to the
+    /// leader; after as many again, the replica asks for a leader change
+    /// (BFT-SMaRt's request timeout).
+    pub request_timeout_ticks: u64,
+    /// Ticks a replica waits in a new regency for its SYNC before it asks
+    /// for the next regency; doubles with each consecutive failed regency.
+    pub sync_timeout_ticks: u64,
+    /// Length of one throughput observation window, ticks (Aardvark-style
+    /// leader monitoring).
+    pub throughput_window_ticks: u64,
+    /// A leader that delivers less than this percentage of the best window
+    /// throughput of recent regencies, while requests wait, is replaced.
+    /// 0 turns the check off.
+    pub throughput_min_pct: u64,
+    /// Most requests carried in one STOP or forwarded per tick.
+    pub stop_requests_max: usize,
+    /// Ticks the link to the leader may stay down (after having been up)
+    /// before this replica asks for a leader change: a crashed leader's
+    /// connections reset at once, so this is the fast path of failover.
+    /// 0 turns it off (request timeouts still apply).
+    pub leader_link_timeout_ticks: u64,
+    /// A checkpoint is taken after every `checkpoint_period` decisions.
+    pub checkpoint_period: u64,
+    /// Most bytes of batches in one STATE_REPLY (below the message limit).
+    pub state_reply_bytes_max: usize,
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("n = {0}: BFT needs n = 3f+1 >= 4 replicas")]
+    TooFewReplicas(usize),
+    #[error("replica id {me} is not below n = {n}")]
+    BadReplicaId { me: u16, n: usize },
+    #[error("{0} must be at least 1")]
+    Zero(&'static str),
+    #[error("instance_window ({window}) must be >= pipeline_depth ({depth})")]
+    WindowBelowPipeline { window: usize, depth: usize },
+}
+
+impl Config {
+    /// Defaults for `n` replicas, as replica `me`.
+    pub fn new(n: usize, me: ReplicaId) -> Self {
+        Self {
+            n,
+            me,
+            batch_requests_max: 512,
+            batch_bytes_max: 4 * 1024 * 1024,
+            pipeline_depth: 4,
+            pipeline_batch_min: 16,
+            instance_window: 64,
+            pending_requests_max: 16 * 1024,
+            request_timeout_ticks: 200,
+            sync_timeout_ticks: 200,
+            throughput_window_ticks: 100,
+            throughput_min_pct: 10,
+            stop_requests_max: 64,
+            leader_link_timeout_ticks: 5,
+            checkpoint_period: 256,
+            state_reply_bytes_max: 2 * 1024 * 1024,
+        }
+    }
+
+    /// Checks the invariants the core relies on.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.n < 4 {
+            return Err(ConfigError::TooFewReplicas(self.n));
+        }
+        if self.me.index() >= self.n {
+            return Err(ConfigError::BadReplicaId {
+                me: self.me.0,
+                n: self.n,
+            });
+        }
+        for (v, name) in [
+            (self.batch_requests_max, "batch_requests_max"),
+            (self.batch_bytes_max, "batch_bytes_max"),
+            (self.pipeline_depth, "pipeline_depth"),
+            (self.pending_requests_max, "pending_requests_max"),
+            (self.request_timeout_ticks as usize, "request_timeout_ticks"),
+            (self.sync_timeout_ticks as usize, "sync_timeout_ticks"),
+            (
+                self.throughput_window_ticks as usize,
+                "throughput_window_ticks",
+            ),
+            (self.stop_requests_max, "stop_requests_max"),
+            (self.checkpoint_period as usize, "checkpoint_period"),
+            (self.state_reply_bytes_max, "state_reply_bytes_max"),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::Zero(name));
+            }
+        }
+        if self.instance_window < self.pipeline_depth {
+            return Err(ConfigError::WindowBelowPipeline {
+                window: self.instance_window,
+                depth: self.pipeline_depth,
+            });
+        }
+        Ok(())
+    }
+
+    /// Most decisions kept in memory for state transfer: those since the
+    /// last checkpoint, with room for the checkpoint to be taken.
+    pub fn decision_log_max(&self) -> usize {
+        2 * self.checkpoint_period as usize + self.instance_window
+    }
+
+    /// f = floor((n-1)/3), the number of Byzantine replicas tolerated.
+    pub fn f(&self) -> usize {
+        (self.n - 1) / 3
+    }
+
+    /// Byzantine quorum, ceil((n+f+1)/2): 2f+1 when n = 3f+1. Any two
+    /// quorums intersect in at least one correct replica.
+    pub fn quorum(&self) -> usize {
+        (self.n + self.f() + 1).div_ceil(2)
+    }
+
+    /// Leader of `regency`: replica `regency mod n` (BFT-SMaRt).
+    pub fn leader_of(&self, regency: wire::Regency) -> ReplicaId {
+        ReplicaId((regency as usize % self.n) as u16)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quorums_for_cluster_sizes() {
+        for (n, f, q) in [
+            (4, 1, 3),
+            (5, 1, 4),
+            (6, 1, 4),
+            (7, 2, 5),
+            (10, 3, 7),
+            (13, 4, 9),
+        ] {
+            let c = Config::new(n, ReplicaId(0));
+            assert_eq!((c.f(), c.quorum()), (f, q), "n = {n}");
+            // Two quorums intersect in more than f replicas.
+            assert!(2 * c.quorum() - n > c.f(), "n = {n}");
+        }
+    }
+
+    #[test]
+    fn invalid_configs_are_refused() {
+        assert_eq!(
+            Config::new(3, ReplicaId(0)).validate(),
+            Err(ConfigError::TooFewReplicas(3))
+        );
+        assert!(matches!(
+            Config::new(4, ReplicaId(4)).validate(),
+            Err(ConfigError::BadReplicaId { .. })
+        ));
+        let mut c = Config::new(4, ReplicaId(0));
+        c.instance_window = 1;
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,1516 @@
+//! The replica's consensus core: Mod-SMaRt, driven only by inputs.
+//!
+//! **Normal case** (Sousa & Bessani, EDCC 2012, Alg. 1-2; BFT-SMaRt DSN'14
+//! Sec. III-B):
+//! 1. the leader of the regency proposes a batch: PROPOSE(r, cid, batch);
+//! 2. a replica that accepts the proposal sends WRITE(r, cid, H(batch));
+//! 3. after a Byzantine quorum of matching WRITEs, and once the batch is
+//!    durable, it sends a signed ACCEPT(r, cid, H(batch));
+//! 4. after a quorum of matching ACCEPTs the batch is decided; decisions are
+//!    delivered strictly in cid order.
+//!
+//! Beyond BFT-SMaRt, the leader keeps up to `pipeline_depth` instances in
+//! flight.
+//!
+//! **Synchronization phase** (leader change; BFT-SMaRt DSN'14 Sec. III-C,
+//! after Cachin's "Yet another visit to Paxos"): a request not ordered
+//! within the request timeout is forwarded to the leader; after a second
+//! timeout the replica broadcasts STOP(r+1). f+1 STOPs make a replica join;
+//! 2f+1 install regency r+1. Each replica sends a signed STOPDATA to the new
+//! leader, which collects n-f and broadcasts them in SYNC; every replica
+//! computes the same [`crate::sync::plan`] from them and writes the kept
+//! values in the new regency. Robustness (Aardvark): backups also replace a
+//! leader that delivers far less than recent regencies did while requests
+//! wait.
+//!
+//! Inputs: verified messages and requests, persistence acknowledgements,
+//! ticks. Outputs: [`Output`]s. No clocks, threads, sockets or randomness.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use wire::{
+    Accept, Batch, BatchReply, CheckpointInfo, Cid, Decided, DecisionProof, Digest, Fetch, Message,
+    Propose, Regency, ReplicaId, Request, SnapshotChunk, SnapshotRequest, StateReply, StateRequest,
+    Stop, StopData, Sync, Verified, Write,
+};
+
+use crate::clients::ClientTable;
+use crate::config::Config;
+use crate::instance::Instance;
+use crate::output::{Decision, Output, Target};
+use crate::pending::{Pending, Refused};
+use crate::sync::{plan, SyncPlan};
+use crate::transfer::{Assembly, Transfer};
+
+/// Counters of what the core did and refused, by reason.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Stats {
+    pub requests_accepted: u64,
+    pub requests_duplicate: u64,
+    pub requests_already_executed: u64,
+    pub requests_refused_full: u64,
+    pub requests_forwarded: u64,
+    pub proposals_sent: u64,
+    pub decisions: u64,
+    pub requests_executed: u64,
+    pub requests_deduplicated: u64,
+    /// STOPs sent, regencies installed, SYNCs sent and applied.
+    pub stops_sent: u64,
+    pub regencies_installed: u64,
+    pub syncs_sent: u64,
+    pub syncs_applied: u64,
+    /// Leader changes started because of request timeouts, SYNC timeouts,
+    /// low leader throughput, and a lost link to the leader.
+    pub timeouts_request: u64,
+    pub timeouts_leader_link: u64,
+    pub timeouts_sync: u64,
+    pub timeouts_throughput: u64,
+    /// Batches fetched from other replicas by digest.
+    pub batches_fetched: u64,
+    /// State transfers started, decisions and checkpoints installed by them.
+    pub transfers_started: u64,
+    pub transfer_decisions: u64,
+    pub transfer_checkpoints: u64,
+    /// Checkpoints fetched whose bytes did not match the trusted digest.
+    pub transfer_bad_checkpoints: u64,
+    /// Messages for another regency than the current one.
+    pub drop_wrong_regency: u64,
+    /// Messages for instances already decided.
+    pub drop_stale_cid: u64,
+    /// Messages for instances beyond the window.
+    pub drop_future_cid: u64,
+    /// PROPOSEs not from the leader of their regency, or during a leader
+    /// change.
+    pub drop_not_leader: u64,
+    /// PROPOSEs whose batch breaks the limits or repeats a request.
+    pub drop_bad_batch: u64,
+    /// A second, different PROPOSE for the same instance (equivocation).
+    pub drop_equivocation: u64,
+    /// A second, different WRITE or ACCEPT from the same replica.
+    pub drop_conflicting_vote: u64,
+    /// Leader-change messages that do not fit the current state.
+    pub drop_sync: u64,
+}
+
+/// Where the replica is in the protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Ordering requests in the current regency.
+    Normal,
+    /// The current regency is installed; waiting for its SYNC (since the
+    /// given tick).
+    Syncing { since: u64 },
+}
+
+/// Aardvark-style leader monitoring: throughput per observation window.
+#[derive(Debug, Default)]
+struct Monitor {
+    window_start_tick: u64,
+    executed_at_window_start: u64,
+    /// Best window throughput of the current regency (requests executed).
+    best_current: u64,
+    /// Best window throughput of recent earlier regencies (newest last).
+    best_recent: VecDeque<u64>,
+}
+
+const RECENT_REGENCIES: usize = 4;
+
+/// The consensus state of one replica.
+#[derive(Debug)]
+pub struct Replica {
+    cfg: Config,
+    regency: Regency,
+    phase: Phase,
+    /// Highest cid delivered; instance cids start at 1.
+    last_decided: Cid,
+    /// Proof of `last_decided` (every correct replica keeps one: the
+    /// synchronization phase relies on it).
+    last_decided_proof: Option<DecisionProof>,
+    /// Open instances, `last_decided < cid <= last_decided + instance_window`.
+    instances: BTreeMap<Cid, Instance>,
+    /// Leader only: the next cid to propose.
+    next_proposal: Cid,
+    pending: Pending,
+    clients: ClientTable,
+    tick: u64,
+    /// Highest regency each replica asked for with STOP.
+    stop_votes: Vec<Regency>,
+    /// Highest regency this replica sent STOP for.
+    stop_sent: Regency,
+    /// Leader of the regency being synchronized: STOPDATAs collected.
+    stopdata: BTreeMap<ReplicaId, StopData>,
+    /// Consecutive regencies that failed to synchronize (timeout backoff).
+    failed_syncs: u32,
+    /// Highest regency seen per replica in its normal-case messages (to
+    /// adopt a regency this replica missed).
+    seen_regency: Vec<Regency>,
+    /// Decided instances whose own ACCEPT still waits for the batch to be
+    /// durable: `cid -> (regency, digest)`.
+    late_accepts: BTreeMap<Cid, (Regency, Digest)>,
+    /// Batches asked for with FETCH: `cid -> (digest, tick asked)`.
+    fetching: BTreeMap<Cid, (Digest, u64)>,
+    /// Values the applied SYNC chose that are being fetched: `cid -> digest`.
+    pending_sync_values: BTreeMap<Cid, Digest>,
+    /// The highest cid reported behind to the host.
+    behind_reported: Cid,
+    /// Decisions delivered since the newest checkpoint, oldest first
+    /// (bounded by `decision_log_max`): for FETCH and state transfer.
+    log: VecDeque<Decided>,
+    /// The newest checkpoint and its blob.
+    checkpoint: Option<(CheckpointInfo, Arc<Vec<u8>>)>,
+    /// The state transfer in progress, if any.
+    transfer: Option<Transfer>,
+    monitor: Monitor,
+    /// The undecided next cid while a later one is decided, since when.
+    stuck_since: Option<(Cid, u64)>,
+    /// Last tick this replica delivered a decision or asked for state.
+    last_progress_tick: u64,
+    /// Per replica: whether its link was seen up at least once, and since
+    /// which tick it is down (None while up).
+    link_seen_up: Vec<bool>,
+    link_down_since: Vec<Option<u64>>,
+    stats: Stats,
+}
+
+impl Replica {
+    /// A replica that has delivered every instance up to `last_decided`
+    /// (proven by `last_decided_proof`, `None` only for cid 0) and executed
+    /// the requests recorded in `clients`, in regency `regency`.
+    ///
+    /// Panics if `cfg` is invalid: the caller validates configs at start-up.
+    pub fn new(
+        cfg: Config,
+        regency: Regency,
+        last_decided: Cid,
+        last_decided_proof: Option<DecisionProof>,
+        clients: ClientTable,
+    ) -> Self {
+        cfg.validate()
+            .expect("control config must be validated at start-up");
+        assert!(last_decided_proof
+            .as_ref()
+            .is_none_or(|p| p.cid == last_decided));
+        let pending = Pending::new(cfg.pending_requests_max);
+        let n = cfg.n;
+        Self {
+            regency,
+            phase: Phase::Normal,
+            last_decided,
+            last_decided_proof,
+            instances: BTreeMap::new(),
+            next_proposal: last_decided + 1,
+            pending,
+            clients,
+            tick: 0,
+            stop_votes: vec![regency; n],
+            stop_sent: regency,
+            stopdata: BTreeMap::new(),
+            failed_syncs: 0,
+            seen_regency: vec![regency; n],
+            late_accepts: BTreeMap::new(),
+            fetching: BTreeMap::new(),
+            pending_sync_values: BTreeMap::new(),
+            behind_reported: last_decided,
+            log: VecDeque::new(),
+            checkpoint: None,
+            transfer: None,
+            monitor: Monitor::default(),
+            stuck_since: None,
+            last_progress_tick: 0,
+            link_seen_up: vec![false; n],
+            link_down_since: vec![None; n],
+            stats: Stats::default(),
+            cfg,
+        }
+    }
+
+    /// A fresh replica: nothing decided, regency 0.
+    pub fn start(cfg: Config) -> Self {
+        Self::new(cfg, 0, 0, None, ClientTable::default())
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+    pub fn id(&self) -> ReplicaId {
+        self.cfg.me
+    }
+    pub fn regency(&self) -> Regency {
+        self.regency
+    }
+    pub fn leader(&self) -> ReplicaId {
+        self.cfg.leader_of(self.regency)
+    }
+    pub fn is_leader(&self) -> bool {
+        self.leader() == self.cfg.me
+    }
+    /// True while a state transfer is in progress.
+    pub fn is_transferring(&self) -> bool {
+        self.transfer.is_some()
+    }
+    /// True while a new regency waits for its SYNC.
+    pub fn is_syncing(&self) -> bool {
+        matches!(self.phase, Phase::Syncing { .. })
+    }
+    pub fn last_decided(&self) -> Cid {
+        self.last_decided
+    }
+    pub fn last_decided_proof(&self) -> Option<&DecisionProof> {
+        self.last_decided_proof.as_ref()
+    }
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+    pub fn clients(&self) -> &ClientTable {
+        &self.clients
+    }
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+    /// Instances open (proposed or voted on, not yet delivered).
+    pub fn open_instances(&self) -> usize {
+        self.instances.len()
+    }
+
+    // ------------------------------------------------------------ inputs
+
+    /// A client request, verified by the dataplane (from this replica's
+    /// proxy or from another replica). Added to the pending pool unless it
+    /// was executed, is pending already, or the pool is full.
+    pub fn on_request(&mut self, request: Verified<Request>, out: &mut Vec<Output>) {
+        self.admit_request(request);
+        self.try_propose(out);
+    }
+
+    fn admit_request(&mut self, request: Verified<Request>) {
+        if self.clients.is_executed(request.client, request.seq) {
+            self.stats.requests_already_executed += 1;
+            return;
+        }
+        match self.pending.insert(request, self.tick) {
+            Ok(()) => self.stats.requests_accepted += 1,
+            Err(Refused::Duplicate) => self.stats.requests_duplicate += 1,
+            Err(Refused::Full) => self.stats.requests_refused_full += 1,
+        }
+    }
+
+    /// A message from a replica (this one included), verified by the
+    /// dataplane: senders matched to links, signatures and proofs checked.
+    pub fn on_message(&mut self, msg: Verified<Message>, out: &mut Vec<Output>) {
+        let msg = match msg.into_request() {
+            Ok(request) => return self.on_request(request, out),
+            Err(m) => m,
+        };
+        // The requests a STOP carries are verified with it.
+        for r in msg.stop_requests() {
+            self.admit_request(r);
+        }
+        match msg.into_inner() {
+            Message::Request(_) => unreachable!("requests were split off above"),
+            Message::Propose(p) => self.on_propose(p, out),
+            Message::Write(w) => self.on_write(w, out),
+            Message::Accept(a) => self.on_accept(a, out),
+            Message::Stop(s) => self.on_stop(s, out),
+            Message::StopData(s) => self.on_stopdata(s, out),
+            Message::Sync(s) => self.on_sync(s, out),
+            Message::Fetch(f) => self.on_fetch(f, out),
+            Message::Batch(b) => self.on_batch(b, out),
+            Message::StateRequest(r) => self.on_state_request(r, out),
+            Message::StateReply(r) => self.on_state_reply(r, out),
+            Message::SnapshotRequest(r) => self.on_snapshot_request(r, out),
+            Message::SnapshotChunk(c) => self.on_snapshot_chunk(c, out),
+        }
+        self.check_invariants();
+    }
+
+    /// The host made the proposal of `cid` with `digest` durable.
+    pub fn on_persisted(&mut self, cid: Cid, digest: Digest, out: &mut Vec<Output>) {
+        if let Some(&(regency, d)) = self.late_accepts.get(&cid) {
+            if d == digest {
+                self.late_accepts.remove(&cid);
+                self.send_accept(regency, cid, d, out);
+            }
+            return;
+        }
+        let Some(inst) = self.instances.get_mut(&cid) else {
+            return;
+        };
+        if inst.proposal_digest() == Some(digest) {
+            inst.persisted = true;
+            self.try_accept(cid, out);
+        }
+    }
+
+    /// One tick of logical time (the host's `tick_ms`): request and SYNC
+    /// timeouts, leader throughput monitoring.
+    pub fn on_tick(&mut self, out: &mut Vec<Output>) {
+        self.tick += 1;
+        self.transfer_tick(out);
+        self.refetch(out);
+        self.check_stuck(out);
+        // Anti-entropy: a replica that delivered nothing for a while asks
+        // whether it missed decisions on a quiet cluster.
+        if self.tick - self.last_progress_tick >= 4 * self.cfg.request_timeout_ticks {
+            self.catch_up(out);
+        }
+        match self.phase {
+            Phase::Normal => {
+                self.check_request_timeouts(out);
+                self.monitor_throughput(out);
+                self.check_leader_link(out);
+            }
+            Phase::Syncing { since } => {
+                let timeout = self.cfg.sync_timeout_ticks << self.failed_syncs.min(6);
+                if self.tick - since >= timeout {
+                    self.stats.timeouts_sync += 1;
+                    self.failed_syncs += 1;
+                    self.phase = Phase::Syncing { since: self.tick };
+                    if self.stop_sent > self.regency {
+                        // STOPs for the next regency may have been lost.
+                        self.broadcast_stop(self.stop_sent, out);
+                    } else {
+                        self.send_stop(self.regency + 1, out);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The link with `peer` went up or down (the host's transport reports
+    /// it). A leader whose link stays down past `leader_link_timeout_ticks`
+    /// is suspected: a crashed process's connections reset at once.
+    pub fn on_link(&mut self, peer: ReplicaId, up: bool) {
+        let i = peer.index();
+        if i >= self.cfg.n || peer == self.cfg.me {
+            return;
+        }
+        if up {
+            self.link_seen_up[i] = true;
+            self.link_down_since[i] = None;
+        } else if self.link_seen_up[i] && self.link_down_since[i].is_none() {
+            self.link_down_since[i] = Some(self.tick);
+        }
+    }
+
+    fn check_leader_link(&mut self, out: &mut Vec<Output>) {
+        let timeout = self.cfg.leader_link_timeout_ticks;
+        if timeout == 0 || self.is_leader() || self.stop_sent > self.regency {
+            return;
+        }
+        let leader = self.leader().index();
+        if self.link_down_since[leader].is_some_and(|t| self.tick - t >= timeout) {
+            self.stats.timeouts_leader_link += 1;
+            self.send_stop(self.regency + 1, out);
+        }
+    }
+
+    /// The next instance is not decided here while a later one is: this
+    /// replica missed messages (a partition, an equivocating leader). After
+    /// a request timeout in that state it catches up by state transfer.
+    fn check_stuck(&mut self, out: &mut Vec<Output>) {
+        let next = self.last_decided + 1;
+        let stuck = self
+            .instances
+            .get(&next)
+            .is_none_or(|i| i.decided.is_none())
+            && self
+                .instances
+                .range(next + 1..)
+                .any(|(_, i)| i.decided.is_some());
+        match (stuck, self.stuck_since) {
+            (false, _) => self.stuck_since = None,
+            (true, None) => self.stuck_since = Some((next, self.tick)),
+            (true, Some((cid, _))) if cid != next => self.stuck_since = Some((next, self.tick)),
+            (true, Some((_, since))) => {
+                if self.tick - since >= self.cfg.request_timeout_ticks {
+                    self.stuck_since = Some((next, self.tick));
+                    self.catch_up(out);
+                }
+            }
+        }
+    }
+
+    /// After a restart from disk: the votes this replica cast before the
+    /// crash for an undecided instance, from its log of proposals. It is
+    /// reported as accepted as well as written: the log does not say whether
+    /// the ACCEPT left, and claiming it is the conservative choice (a value
+    /// this replica wrote in a regency can only be the value that regency's
+    /// leader chose, so the claim cannot make another value look bound,
+    /// while forgetting an ACCEPT could make a decided value look free).
+    pub fn recover_vote(&mut self, regency: Regency, cid: Cid, batch: Arc<Batch>) {
+        assert!(
+            regency <= self.regency,
+            "vote from a regency after the recovered one"
+        );
+        if cid <= self.last_decided || cid > self.last_decided + self.cfg.instance_window as u64 {
+            return;
+        }
+        let (n, d) = (self.cfg.n, batch.digest());
+        let inst = self
+            .instances
+            .entry(cid)
+            .or_insert_with(|| Instance::new(cid, regency, n));
+        inst.keep_batch(batch);
+        if !inst.written.contains(&(regency, d)) {
+            if inst.written.len() == wire::sync::WRITTEN_MAX {
+                inst.written.remove(0);
+            }
+            inst.written.push((regency, d));
+            inst.written.sort_by_key(|w| w.0);
+        }
+        if inst.accepted.is_none_or(|(r, _)| r <= regency) {
+            inst.accepted = Some((regency, d));
+        }
+    }
+
+    /// Asks the other replicas whether this one is behind (after a restart
+    /// from disk): a state transfer that ends as soon as the replies show
+    /// nothing newer.
+    pub fn catch_up(&mut self, out: &mut Vec<Output>) {
+        self.last_progress_tick = self.tick;
+        if self.transfer.is_none() {
+            self.stats.transfers_started += 1;
+            self.transfer = Some(Transfer::new(self.last_decided, self.tick));
+            self.request_state(out);
+        }
+    }
+
+    // ------------------------------------------------------ normal case
+
+    /// Index check for an instance message: counts the drop and returns
+    /// false unless `cid` is open or may be opened in this regency.
+    fn admit(
+        &mut self,
+        regency: Regency,
+        cid: Cid,
+        from: ReplicaId,
+        out: &mut Vec<Output>,
+    ) -> bool {
+        if regency > self.regency {
+            self.note_regency(from, regency, out);
+        }
+        if regency != self.regency {
+            self.stats.drop_wrong_regency += 1;
+            return false;
+        }
+        if cid <= self.last_decided {
+            self.stats.drop_stale_cid += 1;
+            return false;
+        }
+        if cid > self.last_decided + self.cfg.instance_window as u64 {
+            self.stats.drop_future_cid += 1;
+            self.report_behind(cid, out);
+            return false;
+        }
+        true
+    }
+
+    fn instance(&mut self, cid: Cid) -> &mut Instance {
+        let (n, regency) = (self.cfg.n, self.regency);
+        let inst = self
+            .instances
+            .entry(cid)
+            .or_insert_with(|| Instance::new(cid, regency, n));
+        if inst.regency < regency {
+            inst.reset_votes(regency);
+        }
+        inst
+    }
+
+    /// Mod-SMaRt step 1 -> 2: accept the leader's PROPOSE and send WRITE.
+    fn on_propose(&mut self, p: Propose, out: &mut Vec<Output>) {
+        if !self.admit(p.regency, p.cid, p.leader, out) {
+            return;
+        }
+        if p.leader != self.cfg.leader_of(p.regency) || self.is_syncing() {
+            self.stats.drop_not_leader += 1;
+            return;
+        }
+        if !self.batch_is_valid(&p.batch) {
+            self.stats.drop_bad_batch += 1;
+            return;
+        }
+        self.take_proposal(p.cid, p.batch, out);
+    }
+
+    /// Makes `batch` the value of `cid` in the current regency (from a
+    /// PROPOSE or from SYNC): persist it and send WRITE.
+    fn take_proposal(&mut self, cid: Cid, batch: Arc<Batch>, out: &mut Vec<Output>) {
+        let me = self.cfg.me;
+        let regency = self.regency;
+        let inst = self.instance(cid);
+        match inst.proposal_digest() {
+            Some(d) if d == batch.digest() => return,
+            Some(_) => {
+                self.stats.drop_equivocation += 1;
+                return;
+            }
+            None => {}
+        }
+        let digest = batch.digest();
+        inst.keep_batch(batch.clone());
+        inst.proposal = Some(batch.clone());
+        inst.record_write(digest);
+        for r in batch.requests() {
+            self.pending.mark_proposed(r.client, r.seq, cid);
+        }
+        out.push(Output::Persist {
+            cid,
+            regency,
+            batch,
+        });
+        out.push(Output::Send {
+            to: Target::All,
+            msg: Message::Write(Write {
+                regency,
+                cid,
+                replica: me,
+                digest,
+            }),
+        });
+        // WRITEs or ACCEPTs may have arrived before the proposal, and the
+        // instance may even be decided already, waiting for this batch.
+        self.try_accept(cid, out);
+        self.try_decide(cid, out);
+        self.deliver_ready(out);
+    }
+
+    /// A batch is valid if it is within the limits and names each (client,
+    /// seq) once. (Empty batches are no-ops a SYNC may choose.)
+    fn batch_is_valid(&self, b: &Batch) -> bool {
+        if b.len() > self.cfg.batch_requests_max || b.encoded_len() > self.cfg.batch_bytes_max {
+            return false;
+        }
+        let mut seen = HashSet::with_capacity(b.len());
+        !b.is_empty() && b.requests().iter().all(|r| seen.insert((r.client, r.seq)))
+    }
+
+    /// Mod-SMaRt step 2: record a WRITE.
+    fn on_write(&mut self, w: Write, out: &mut Vec<Output>) {
+        if !self.admit(w.regency, w.cid, w.replica, out) {
+            return;
+        }
+        let slot = &mut self.instance(w.cid).writes[w.replica.index()];
+        match slot {
+            None => *slot = Some(w.digest),
+            Some(d) if *d == w.digest => return,
+            Some(_) => {
+                self.stats.drop_conflicting_vote += 1;
+                return;
+            }
+        }
+        self.try_accept(w.cid, out);
+    }
+
+    /// Mod-SMaRt step 2 -> 3: a quorum of WRITEs matches the durable
+    /// proposal; send the (signed) ACCEPT.
+    fn try_accept(&mut self, cid: Cid, out: &mut Vec<Output>) {
+        let q = self.cfg.quorum();
+        let Some(inst) = self.instances.get_mut(&cid) else {
+            return;
+        };
+        let Some(d) = inst.proposal_digest() else {
+            return;
+        };
+        if inst.accept_sent || !inst.persisted || inst.writes_for(&d) < q {
+            return;
+        }
+        let regency = inst.regency;
+        self.send_accept(regency, cid, d, out);
+    }
+
+    fn send_accept(&mut self, regency: Regency, cid: Cid, digest: Digest, out: &mut Vec<Output>) {
+        if let Some(inst) = self.instances.get_mut(&cid) {
+            inst.accept_sent = true;
+            inst.accepted = Some((regency, digest));
+        }
+        out.push(Output::Send {
+            to: Target::All,
+            msg: Message::Accept(Accept {
+                regency,
+                cid,
+                replica: self.cfg.me,
+                digest,
+                signature: wire::Signature::PENDING,
+            }),
+        });
+    }
+
+    /// Mod-SMaRt step 3: record a signed ACCEPT.
+    fn on_accept(&mut self, a: Accept, out: &mut Vec<Output>) {
+        if !self.admit(a.regency, a.cid, a.replica, out) {
+            return;
+        }
+        let slot = &mut self.instance(a.cid).accepts[a.replica.index()];
+        match slot {
+            None => *slot = Some(a),
+            Some(x) if x.digest == a.digest => return,
+            Some(_) => {
+                self.stats.drop_conflicting_vote += 1;
+                return;
+            }
+        }
+        self.try_decide(a.cid, out);
+    }
+
+    /// Mod-SMaRt step 3 -> 4: a quorum of ACCEPTs. If this replica holds
+    /// that batch, the instance is decided; if not (it saw another proposal
+    /// or none), it fetches the batch by digest.
+    fn try_decide(&mut self, cid: Cid, out: &mut Vec<Output>) {
+        let q = self.cfg.quorum();
+        let Some(inst) = self.instances.get_mut(&cid) else {
+            return;
+        };
+        if inst.decided.is_some() {
+            return;
+        }
+        let Some(d) = inst.accept_quorum(q) else {
+            return;
+        };
+        let proof = inst.proof_for(&d);
+        self.learn_decision(proof, out);
+    }
+
+    /// Records a decision proof for an open instance (from a quorum of
+    /// ACCEPTs here, or from a STOPDATA in a SYNC); delivers it when its
+    /// batch is held, or fetches the batch by digest.
+    fn learn_decision(&mut self, proof: DecisionProof, out: &mut Vec<Output>) {
+        let cid = proof.cid;
+        if cid <= self.last_decided || cid > self.last_decided + self.cfg.instance_window as u64 {
+            return;
+        }
+        let digest = proof.digest;
+        let inst = self.instance(cid);
+        if inst.decided.is_some() {
+            return;
+        }
+        let have = inst.batch(&digest).is_some();
+        inst.decided = Some(proof);
+        if have {
+            self.deliver_ready(out);
+        } else {
+            self.fetch(cid, digest, out);
+        }
+    }
+
+    /// Delivers decided instances in cid order, de-duplicating requests.
+    fn deliver_ready(&mut self, out: &mut Vec<Output>) {
+        while let Some(inst) = self.instances.get(&(self.last_decided + 1)) {
+            let Some(proof) = &inst.decided else {
+                break;
+            };
+            if inst.batch(&proof.digest).is_none() {
+                break; // being fetched
+            }
+            let inst = self
+                .instances
+                .remove(&(self.last_decided + 1))
+                .expect("present");
+            let proof = inst.decided.clone().expect("checked above");
+            let batch = inst
+                .batch(&proof.digest)
+                .cloned()
+                .expect("decided instance holds its batch");
+            // The decision implies a quorum of WRITEs: this replica's own
+            // ACCEPT may still be owed to replicas short of a quorum.
+            if !inst.accept_sent {
+                let regency = proof.accepts[0].regency;
+                if inst.persisted && inst.proposal_digest() == Some(proof.digest) {
+                    self.send_accept(regency, inst.cid, proof.digest, out);
+                } else if regency == self.regency {
+                    self.late_accepts.insert(inst.cid, (regency, proof.digest));
+                }
+            }
+            let mut fresh = Vec::with_capacity(batch.len());
+            for (i, r) in batch.requests().iter().enumerate() {
+                self.pending.remove(r.client, r.seq);
+                if self.clients.mark_executed(r.client, r.seq) {
+                    fresh.push(i as u32);
+                } else {
+                    self.stats.requests_deduplicated += 1;
+                }
+            }
+            self.last_decided = inst.cid;
+            self.last_decided_proof = Some(proof.clone());
+            self.last_progress_tick = self.tick;
+            if self.log.len() == self.cfg.decision_log_max() {
+                self.log.pop_front();
+            }
+            self.log.push_back(Decided {
+                batch: batch.clone(),
+                proof: proof.clone(),
+            });
+            let period = self.cfg.checkpoint_period;
+            self.fetching.remove(&inst.cid);
+            self.stats.decisions += 1;
+            self.stats.requests_executed += fresh.len() as u64;
+            out.push(Output::Deliver(Decision {
+                cid: inst.cid,
+                regency: proof.accepts[0].regency,
+                proof,
+                batch,
+                fresh,
+                checkpoint: (inst.cid % period == 0).then(|| self.clients.clone()),
+            }));
+        }
+        let floor = self
+            .last_decided
+            .saturating_sub(self.cfg.instance_window as u64);
+        self.late_accepts.retain(|&c, _| c > floor);
+        self.next_proposal = self.next_proposal.max(self.last_decided + 1);
+        self.try_propose(out);
+    }
+
+    /// Leader: propose batches of pending requests while the pipeline has
+    /// room (the previous instance decided, or fewer than `pipeline_depth`
+    /// in flight).
+    fn try_propose(&mut self, out: &mut Vec<Output>) {
+        if !self.is_leader() || self.is_syncing() {
+            return;
+        }
+        while self.next_proposal <= self.last_decided + self.cfg.pipeline_depth as u64 {
+            // Propose when the previous instance is decided, or when enough
+            // requests wait to fill another batch (BFT-SMaRt batching, with
+            // pipelining under heavy load).
+            let in_flight = self.next_proposal - self.last_decided - 1;
+            if in_flight > 0 && self.pending.unproposed() < self.cfg.pipeline_batch_min {
+                return;
+            }
+            let cid = self.next_proposal;
+            let requests =
+                self.pending
+                    .take_batch(cid, self.cfg.batch_requests_max, self.cfg.batch_bytes_max);
+            if requests.is_empty() {
+                return;
+            }
+            self.next_proposal += 1;
+            self.stats.proposals_sent += 1;
+            out.push(Output::Send {
+                to: Target::All,
+                msg: Message::Propose(Propose {
+                    regency: self.regency,
+                    cid,
+                    leader: self.cfg.me,
+                    batch: Arc::new(Batch::new(requests)),
+                    signature: wire::Signature::PENDING,
+                }),
+            });
+        }
+    }
+
+    // ---------------------------------------------------- fetching batches
+
+    fn fetch(&mut self, cid: Cid, digest: Digest, out: &mut Vec<Output>) {
+        if self.fetching.get(&cid).is_some_and(|(d, _)| *d == digest) {
+            return;
+        }
+        self.fetching.insert(cid, (digest, self.tick));
+        self.send_fetch(cid, digest, out);
+    }
+
+    fn send_fetch(&mut self, cid: Cid, digest: Digest, out: &mut Vec<Output>) {
+        self.stats.batches_fetched += 1;
+        out.push(Output::Send {
+            to: Target::All,
+            msg: Message::Fetch(Fetch {
+                cid,
+                digest,
+                replica: self.cfg.me,
+            }),
+        });
+    }
+
+    fn on_fetch(&mut self, f: Fetch, out: &mut Vec<Output>) {
+        if f.replica == self.cfg.me {
+            return;
+        }
+        let empty = Batch::new(Vec::new());
+        let open = self.instances.get(&f.cid).and_then(|i| i.batch(&f.digest));
+        let done = || {
+            self.log
+                .iter()
+                .find(|d| d.proof.cid == f.cid && d.proof.digest == f.digest)
+                .map(|d| &d.batch)
+        };
+        let batch = match open.or_else(done) {
+            Some(b) => b.clone(),
+            None if f.digest == empty.digest() => Arc::new(empty),
+            None => return,
+        };
+        out.push(Output::Send {
+            to: Target::One(f.replica),
+            msg: Message::Batch(BatchReply { cid: f.cid, batch }),
+        });
+    }
+
+    /// FETCHes unanswered for a request timeout are asked again (the
+    /// replicas asked may have been down, or have moved on).
+    fn refetch(&mut self, out: &mut Vec<Output>) {
+        let (tick, timeout) = (self.tick, self.cfg.request_timeout_ticks);
+        let due: Vec<(Cid, Digest)> = self
+            .fetching
+            .iter_mut()
+            .filter(|(_, (_, t))| tick - *t >= timeout)
+            .map(|(&c, (d, t))| {
+                *t = tick;
+                (c, *d)
+            })
+            .collect();
+        for (cid, digest) in due {
+            self.send_fetch(cid, digest, out);
+        }
+    }
+
+    fn on_batch(&mut self, b: BatchReply, out: &mut Vec<Output>) {
+        let Some(&(want, _)) = self.fetching.get(&b.cid) else {
+            return;
+        };
+        if b.batch.digest() != want || b.cid <= self.last_decided {
+            return;
+        }
+        self.fetching.remove(&b.cid);
+        self.instance(b.cid).keep_batch(b.batch.clone());
+        if self.pending_sync_values.get(&b.cid) == Some(&want) {
+            // The SYNC chose this value: write it now.
+            self.pending_sync_values.remove(&b.cid);
+            self.take_proposal(b.cid, b.batch, out);
+        }
+        self.try_decide(b.cid, out);
+        self.deliver_ready(out);
+    }
+
+    // ----------------------------------------------- leader change: STOP
+
+    /// Request timeouts: first forward to the leader, then ask for a leader
+    /// change.
+    fn check_request_timeouts(&mut self, out: &mut Vec<Output>) {
+        let Some(deadline) = self.tick.checked_sub(self.cfg.request_timeout_ticks) else {
+            return;
+        };
+        if self.pending.oldest_tick().is_none_or(|t| t > deadline) {
+            return;
+        }
+        let (first, second) =
+            self.pending
+                .timed_out(deadline, self.tick, self.cfg.stop_requests_max);
+        if !first.is_empty() {
+            // Maybe the request was ordered while this replica missed it:
+            // check before blaming the leader.
+            self.catch_up(out);
+        }
+        if !self.is_leader() {
+            for r in first {
+                self.stats.requests_forwarded += 1;
+                out.push(Output::Send {
+                    to: Target::One(self.leader()),
+                    msg: Message::Request(r.into_inner()),
+                });
+            }
+        }
+        if second {
+            self.stats.timeouts_request += 1;
+            if self.stop_sent > self.regency {
+                // Still waiting for the regency asked for: STOPs may have
+                // been lost (a replica was down), so ask again.
+                self.broadcast_stop(self.stop_sent, out);
+            } else {
+                self.send_stop(self.regency + 1, out);
+            }
+        }
+    }
+
+    /// Aardvark: at the end of each window, a backup compares the requests
+    /// executed in it with the best windows of recent regencies; a leader far
+    /// below while requests wait is replaced.
+    fn monitor_throughput(&mut self, out: &mut Vec<Output>) {
+        let w = self.cfg.throughput_window_ticks;
+        if self.tick < self.monitor.window_start_tick + w {
+            return;
+        }
+        let executed = self.stats.requests_executed - self.monitor.executed_at_window_start;
+        self.monitor.window_start_tick = self.tick;
+        self.monitor.executed_at_window_start = self.stats.requests_executed;
+        self.monitor.best_current = self.monitor.best_current.max(executed);
+        let expected = self.monitor.best_recent.iter().copied().max().unwrap_or(0);
+        let waiting = self
+            .pending
+            .oldest_tick()
+            .is_some_and(|t| self.tick - t >= w / 2);
+        let pct = self.cfg.throughput_min_pct;
+        if pct > 0
+            && !self.is_leader()
+            && waiting
+            && expected > 0
+            && executed * 100 < expected * pct
+        {
+            self.stats.timeouts_throughput += 1;
+            self.send_stop(self.regency + 1, out);
+        }
+    }
+
+    /// Broadcasts STOP(`regency`) with the oldest pending requests, once per
+    /// regency.
+    fn send_stop(&mut self, regency: Regency, out: &mut Vec<Output>) {
+        if regency <= self.stop_sent || regency <= self.regency {
+            return;
+        }
+        self.stop_sent = regency;
+        self.broadcast_stop(regency, out);
+    }
+
+    fn broadcast_stop(&mut self, regency: Regency, out: &mut Vec<Output>) {
+        self.stats.stops_sent += 1;
+        self.pending.restart_timeouts(self.tick);
+        let requests = self
+            .pending
+            .older_than(self.tick, self.cfg.stop_requests_max)
+            .into_iter()
+            .map(Verified::into_inner)
+            .collect();
+        out.push(Output::Send {
+            to: Target::All,
+            msg: Message::Stop(Stop {
+                regency,
+                replica: self.cfg.me,
+                requests,
+            }),
+        });
+    }
+
+    /// STOP: f+1 asking for a regency above this one make this replica
+    /// join; 2f+1 install it.
+    fn on_stop(&mut self, s: Stop, out: &mut Vec<Output>) {
+        let slot = &mut self.stop_votes[s.replica.index()];
+        if s.regency <= *slot {
+            return;
+        }
+        *slot = s.regency;
+        let f = self.cfg.f();
+        if let Some(join) = self.kth_highest_stop(f + 1) {
+            self.send_stop(join, out);
+        }
+        if let Some(install) = self.kth_highest_stop(self.cfg.quorum()) {
+            if install > self.regency {
+                self.install(install, out);
+            }
+        }
+    }
+
+    /// The highest regency above the current one that at least `k`
+    /// replicas asked for.
+    fn kth_highest_stop(&self, k: usize) -> Option<Regency> {
+        let mut votes = self.stop_votes.clone();
+        votes.sort_unstable_by(|a, b| b.cmp(a));
+        votes.get(k - 1).copied().filter(|&r| r > self.regency)
+    }
+
+    /// Installs `regency`: stop voting in the old one, send STOPDATA to the
+    /// new leader, wait for SYNC.
+    fn install(&mut self, regency: Regency, out: &mut Vec<Output>) {
+        assert!(regency > self.regency);
+        self.enter_regency(regency, out);
+        self.phase = Phase::Syncing { since: self.tick };
+        self.stopdata.retain(|_, sd| sd.regency == regency);
+        let stopdata = StopData {
+            regency,
+            replica: self.cfg.me,
+            last_decided: self.last_decided,
+            last_decided_proof: self.last_decided_proof.clone(),
+            open: self
+                .instances
+                .values()
+                .filter(|i| !i.written.is_empty() || i.accepted.is_some() || i.decided.is_some())
+                .map(Instance::open_vote)
+                .collect(),
+            signature: wire::Signature::PENDING,
+        };
+        out.push(Output::Send {
+            to: Target::One(self.leader()),
+            msg: Message::StopData(stopdata),
+        });
+    }
+
+    /// Moves to `regency` (installed or adopted): old votes stop counting,
+    /// pending requests get a fresh timeout and will be proposed again.
+    fn enter_regency(&mut self, regency: Regency, out: &mut Vec<Output>) {
+        self.regency = regency;
+        self.stop_sent = self.stop_sent.max(regency);
+        self.stats.regencies_installed += 1;
+        for inst in self.instances.values_mut() {
+            inst.reset_votes(regency);
+        }
+        self.pending.clear_proposed();
+        self.pending.reset_ages(self.tick);
+        self.late_accepts.clear();
+        self.pending_sync_values.clear();
+        self.next_proposal = self.last_decided + 1;
+        let m = &mut self.monitor;
+        if m.best_current > 0 {
+            m.best_recent.push_back(m.best_current);
+            if m.best_recent.len() > RECENT_REGENCIES {
+                m.best_recent.pop_front();
+            }
+        }
+        m.best_current = 0;
+        m.window_start_tick = self.tick;
+        m.executed_at_window_start = self.stats.requests_executed;
+        out.push(Output::Regency {
+            regency,
+            leader: self.leader(),
+        });
+    }
+
+    /// A replica in a higher regency than this one: once f+1 replicas are
+    /// seen there, at least one correct replica installed it, so this one
+    /// adopts it (it missed the STOPs, e.g. while restarting) and catches up.
+    fn note_regency(&mut self, from: ReplicaId, regency: Regency, out: &mut Vec<Output>) {
+        let slot = &mut self.seen_regency[from.index()];
+        *slot = (*slot).max(regency);
+        let mut seen = self.seen_regency.clone();
+        seen.sort_unstable_by(|a, b| b.cmp(a));
+        let adopt = seen[self.cfg.f()];
+        if adopt > self.regency {
+            self.enter_regency(adopt, out);
+            self.phase = Phase::Normal;
+            self.report_behind(self.last_decided + 1, out);
+        }
+    }
+
+    // ------------------------------------ leader change: STOPDATA, SYNC
+
+    /// STOPDATA at the leader of its regency: collect n-f, then SYNC once
+    /// they are sound.
+    fn on_stopdata(&mut self, sd: StopData, out: &mut Vec<Output>) {
+        if sd.regency < self.regency || self.cfg.leader_of(sd.regency) != self.cfg.me {
+            self.stats.drop_sync += 1;
+            return;
+        }
+        if sd.regency > self.regency {
+            // Another replica installed it first; keep it for when this one
+            // does (at most one per replica).
+            self.stopdata.insert(sd.replica, sd);
+            return;
+        }
+        self.stopdata.insert(sd.replica, sd);
+        self.try_sync(out);
+    }
+
+    fn try_sync(&mut self, out: &mut Vec<Output>) {
+        if !self.is_syncing() || !self.is_leader() {
+            return;
+        }
+        let collected: Vec<StopData> = self
+            .stopdata
+            .values()
+            .filter(|s| s.regency == self.regency)
+            .cloned()
+            .collect();
+        if collected.len() < self.cfg.n - self.cfg.f() {
+            return;
+        }
+        if plan(
+            &collected,
+            self.cfg.f(),
+            self.cfg.quorum(),
+            self.cfg.instance_window,
+        )
+        .is_none()
+        {
+            return; // not sound yet: wait for more STOPDATAs
+        }
+        self.stats.syncs_sent += 1;
+        self.stopdata.clear();
+        out.push(Output::Send {
+            to: Target::All,
+            msg: Message::Sync(Sync {
+                regency: self.regency,
+                leader: self.cfg.me,
+                stopdata: collected,
+            }),
+        });
+    }
+
+    /// SYNC: compute the plan from the STOPDATAs and write the kept values
+    /// in the new regency.
+    fn on_sync(&mut self, s: Sync, out: &mut Vec<Output>) {
+        let n_f = self.cfg.n - self.cfg.f();
+        let mut replicas = HashSet::new();
+        let well_formed = s.leader == self.cfg.leader_of(s.regency)
+            && s.stopdata.len() >= n_f
+            && s.stopdata
+                .iter()
+                .all(|sd| sd.regency == s.regency && replicas.insert(sd.replica));
+        let current = s.regency == self.regency && self.is_syncing();
+        if !well_formed || !(current || s.regency > self.regency) {
+            self.stats.drop_sync += 1;
+            return;
+        }
+        let Some(plan) = plan(
+            &s.stopdata,
+            self.cfg.f(),
+            self.cfg.quorum(),
+            self.cfg.instance_window,
+        ) else {
+            self.stats.drop_sync += 1; // a leader must only send sound sets
+            return;
+        };
+        if s.regency > self.regency {
+            // n-f replicas installed it: at least f+1 correct did.
+            self.enter_regency(s.regency, out);
+        }
+        self.apply_plan(plan, &s.stopdata, out);
+    }
+
+    fn apply_plan(&mut self, plan: SyncPlan, stopdata: &[StopData], out: &mut Vec<Output>) {
+        self.phase = Phase::Normal;
+        self.failed_syncs = 0;
+        self.stats.syncs_applied += 1;
+        // Every decision proof in the SYNC (verified by the dataplane) lets
+        // this replica deliver that instance without state transfer.
+        let proofs = stopdata.iter().flat_map(|sd| {
+            sd.last_decided_proof
+                .iter()
+                .chain(sd.open.iter().filter_map(|o| o.decided.as_ref()))
+        });
+        let mut proofs: Vec<DecisionProof> = proofs.cloned().collect();
+        proofs.sort_by_key(|p| p.cid);
+        proofs.dedup_by_key(|p| p.cid);
+        for p in proofs {
+            self.learn_decision(p, out);
+        }
+        if plan.base > self.last_decided + 1 {
+            self.report_behind(plan.base, out);
+        }
+        let top = plan.values.last().map_or(plan.base, |v| v.0);
+        for (cid, digest) in plan.values {
+            if cid <= self.last_decided || cid > self.last_decided + self.cfg.instance_window as u64
+            {
+                continue;
+            }
+            let empty = Batch::new(Vec::new());
+            let have = if digest == empty.digest() {
+                Some(Arc::new(empty))
+            } else {
+                self.instance(cid).batch(&digest).cloned()
+            };
+            match have {
+                Some(batch) => self.take_proposal(cid, batch, out),
+                None => {
+                    // Someone in S wrote it (more than f did, or a proof
+                    // names it): ask everyone, write it when it arrives.
+                    self.pending_sync_values.insert(cid, digest);
+                    self.fetch(cid, digest, out);
+                }
+            }
+        }
+        self.next_proposal = self.next_proposal.max(top + 1).max(self.last_decided + 1);
+        self.try_propose(out);
+    }
+
+    /// Decisions up to `cid` exist that this replica lacks: start (or
+    /// extend) a state transfer.
+    fn report_behind(&mut self, cid: Cid, out: &mut Vec<Output>) {
+        if cid <= self.behind_reported || cid <= self.last_decided {
+            return;
+        }
+        self.behind_reported = cid;
+        match &mut self.transfer {
+            Some(t) => t.target = t.target.max(cid),
+            None => {
+                self.stats.transfers_started += 1;
+                self.transfer = Some(Transfer::new(cid, self.tick));
+                self.request_state(out);
+            }
+        }
+    }
+
+    fn request_state(&mut self, out: &mut Vec<Output>) {
+        let req = StateRequest {
+            replica: self.cfg.me,
+            from_cid: self.last_decided + 1,
+        };
+        for r in (0..self.cfg.n as u16)
+            .map(ReplicaId)
+            .filter(|r| *r != self.cfg.me)
+        {
+            out.push(Output::Send {
+                to: Target::One(r),
+                msg: Message::StateRequest(req),
+            });
+        }
+    }
+
+    // ------------------------------------------------- state transfer
+
+    /// The host took a checkpoint after delivering `info.cid` (see
+    /// [`Decision::checkpoint`]): keep it to serve state transfer, and drop
+    /// the decisions it covers from the log.
+    pub fn on_checkpoint(&mut self, info: CheckpointInfo, blob: Arc<Vec<u8>>) {
+        assert!(
+            info.cid <= self.last_decided,
+            "checkpoint of an undelivered instance"
+        );
+        assert_eq!(blob.len() as u64, info.len);
+        if self
+            .checkpoint
+            .as_ref()
+            .is_some_and(|(c, _)| c.cid >= info.cid)
+        {
+            return;
+        }
+        // Keep one window below the checkpoint: replicas a little behind
+        // fetch those batches rather than the whole checkpoint.
+        let keep_from = info.cid.saturating_sub(self.cfg.instance_window as u64);
+        while self.log.front().is_some_and(|d| d.proof.cid <= keep_from) {
+            self.log.pop_front();
+        }
+        self.checkpoint = Some((info, blob));
+    }
+
+    fn on_state_request(&mut self, req: StateRequest, out: &mut Vec<Output>) {
+        if req.replica == self.cfg.me {
+            return;
+        }
+        let mut bytes = 0;
+        let decisions = self
+            .log
+            .iter()
+            .filter(|d| d.proof.cid >= req.from_cid)
+            .take_while(|d| {
+                bytes += d.batch.encoded_len() + 256;
+                bytes <= self.cfg.state_reply_bytes_max
+            })
+            .take(self.cfg.instance_window.max(1) * 4)
+            .cloned()
+            .collect();
+        out.push(Output::Send {
+            to: Target::One(req.replica),
+            msg: Message::StateReply(StateReply {
+                replica: self.cfg.me,
+                regency: self.regency,
+                last_decided: self.last_decided,
+                checkpoint: self.checkpoint.as_ref().map(|(c, _)| *c),
+                decisions,
+            }),
+        });
+    }
+
+    fn on_snapshot_request(&mut self, req: SnapshotRequest, out: &mut Vec<Output>) {
+        let Some((info, blob)) = &self.checkpoint else {
+            return;
+        };
+        if info.cid != req.cid || req.offset > info.len {
+            return;
+        }
+        let start = req.offset as usize;
+        let end = (start + wire::transfer::CHUNK_BYTES_MAX).min(blob.len());
+        out.push(Output::Send {
+            to: Target::One(req.replica),
+            msg: Message::SnapshotChunk(SnapshotChunk {
+                cid: info.cid,
+                total: info.len,
+                offset: req.offset,
+                bytes: blob[start..end].to_vec(),
+            }),
+        });
+    }
+
+    fn on_state_reply(&mut self, rep: StateReply, out: &mut Vec<Output>) {
+        let Some(t) = &mut self.transfer else {
+            return;
+        };
+        t.replies.insert(rep.replica, rep);
+        self.transfer_progress(out);
+    }
+
+    fn on_snapshot_chunk(&mut self, chunk: SnapshotChunk, out: &mut Vec<Output>) {
+        let me = self.cfg.me;
+        let Some(a) = self.transfer.as_mut().and_then(|t| t.assembly.as_mut()) else {
+            return;
+        };
+        if !a.add(&chunk) {
+            if a.bytes.len() as u64 == chunk.offset + chunk.bytes.len() as u64 {
+                out.push(Output::Send {
+                    to: Target::One(a.current_source()),
+                    msg: Message::SnapshotRequest(SnapshotRequest {
+                        replica: me,
+                        cid: a.info.cid,
+                        offset: a.bytes.len() as u64,
+                    }),
+                });
+            }
+            return;
+        }
+        let info = a.info;
+        let blob = std::mem::take(&mut a.bytes);
+        let decoded = (crate::checkpoint::digest(&blob) == Some(info.digest))
+            .then(|| crate::checkpoint::decode(&blob, &wire::Limits::default(), usize::MAX).ok())
+            .flatten();
+        let Some(ckpt) = decoded.filter(|c| c.cid == info.cid) else {
+            // f+1 reported this digest, so this source lied: try the next.
+            self.stats.transfer_bad_checkpoints += 1;
+            a.next_source();
+            let src = a.current_source();
+            out.push(Output::Send {
+                to: Target::One(src),
+                msg: Message::SnapshotRequest(SnapshotRequest {
+                    replica: me,
+                    cid: info.cid,
+                    offset: 0,
+                }),
+            });
+            return;
+        };
+        if let Some(t) = &mut self.transfer {
+            t.assembly = None;
+        }
+        if ckpt.cid > self.last_decided {
+            self.install_checkpoint(info, Arc::new(blob), ckpt, out);
+        }
+        self.transfer_progress(out);
+    }
+
+    /// Jumps to a verified checkpoint: its de-duplication table, its last
+    /// decision; the host replaces the application state.
+    fn install_checkpoint(
+        &mut self,
+        info: CheckpointInfo,
+        blob: Arc<Vec<u8>>,
+        ckpt: crate::checkpoint::Checkpoint,
+        out: &mut Vec<Output>,
+    ) {
+        assert!(ckpt.cid > self.last_decided);
+        self.stats.transfer_checkpoints += 1;
+        self.last_decided = ckpt.cid;
+        self.last_decided_proof = ckpt.proof;
+        self.clients = ckpt.clients;
+        self.instances.retain(|&c, _| c > ckpt.cid);
+        self.late_accepts.retain(|&c, _| c > ckpt.cid);
+        self.fetching.retain(|&c, _| c > ckpt.cid);
+        self.pending_sync_values.retain(|&c, _| c > ckpt.cid);
+        let clients = &self.clients;
+        self.pending
+            .retain(|r| !clients.is_executed(r.client, r.seq));
+        self.log.clear();
+        self.next_proposal = self.next_proposal.max(self.last_decided + 1);
+        self.checkpoint = Some((info, blob.clone()));
+        out.push(Output::InstallCheckpoint {
+            info,
+            blob,
+            app: ckpt.app,
+        });
+    }
+
+    /// Applies what the replies allow: consecutive decisions from any
+    /// reply, or a checkpoint f+1 replicas agree on when the gap reaches
+    /// below every reply's decisions.
+    fn transfer_progress(&mut self, out: &mut Vec<Output>) {
+        loop {
+            let next = self.last_decided + 1;
+            let Some(d) = self
+                .transfer
+                .as_ref()
+                .and_then(|t| t.decision(next))
+                .cloned()
+            else {
+                break;
+            };
+            self.stats.transfer_decisions += 1;
+            let inst = self.instance(next);
+            inst.keep_batch(d.batch.clone());
+            inst.decided = Some(d.proof);
+            self.deliver_ready(out);
+            if self.last_decided < next {
+                break; // cannot happen: the batch was just kept
+            }
+        }
+        let Some(t) = &mut self.transfer else {
+            return;
+        };
+        // Done once this replica has what f+1 replies (one correct) show:
+        // a single reply, or a message for a far cid, cannot keep it going.
+        let f = self.cfg.f();
+        if t.replies.len() > f && self.last_decided >= t.kth_highest_reported(f + 1) {
+            self.transfer = None;
+            return;
+        }
+        if t.assembly.is_none() {
+            if let Some((info, sources)) = t.trusted_checkpoint(self.last_decided, self.cfg.f() + 1)
+            {
+                let a = Assembly {
+                    info,
+                    sources,
+                    source: 0,
+                    bytes: Vec::new(),
+                };
+                out.push(Output::Send {
+                    to: Target::One(a.current_source()),
+                    msg: Message::SnapshotRequest(SnapshotRequest {
+                        replica: self.cfg.me,
+                        cid: info.cid,
+                        offset: 0,
+                    }),
+                });
+                t.assembly = Some(a);
+            }
+        }
+    }
+
+    /// Retries a state transfer that made no progress within the request
+    /// timeout: the next checkpoint source, or a new round of requests.
+    fn transfer_tick(&mut self, out: &mut Vec<Output>) {
+        let (tick, timeout, me) = (self.tick, self.cfg.request_timeout_ticks, self.cfg.me);
+        let Some(t) = &mut self.transfer else {
+            return;
+        };
+        if tick - t.last_request_tick < timeout {
+            return;
+        }
+        t.last_request_tick = tick;
+        match &mut t.assembly {
+            Some(a) if a.source + 1 < a.sources.len() => {
+                a.next_source();
+                out.push(Output::Send {
+                    to: Target::One(a.current_source()),
+                    msg: Message::SnapshotRequest(SnapshotRequest {
+                        replica: me,
+                        cid: a.info.cid,
+                        offset: 0,
+                    }),
+                });
+            }
+            _ => {
+                // Every source tried (they may have replaced that checkpoint
+                // by a newer one), or no progress: ask for state again.
+                t.assembly = None;
+                t.replies.clear();
+                self.request_state(out);
+            }
+        }
+    }
+
+    /// Invariants checked after every message (TigerBeetle style: cheap,
+    /// always on).
+    fn check_invariants(&self) {
+        assert!(self.instances.len() <= self.cfg.instance_window + 1);
+        if let Some((&first, _)) = self.instances.first_key_value() {
+            assert!(
+                first > self.last_decided,
+                "open instance at or below last decided"
+            );
+        }
+        assert!(self.next_proposal > self.last_decided);
+        assert!(self.pending.len() <= self.cfg.pending_requests_max);
+        assert!(self.pending.unproposed() <= self.pending.len());
+        if cfg!(debug_assertions) {
+            self.pending.check();
+        }
+        assert!(self.stop_sent >= self.regency);
+        assert!(self.stopdata.len() <= self.cfg.n);
+        assert!(self.late_accepts.len() <= self.cfg.instance_window);
+        assert!(self.fetching.len() <= self.cfg.instance_window + 1);
+        assert!(self.pending_sync_values.len() <= self.cfg.instance_window);
+        assert!(self.log.len() <= self.cfg.decision_log_max());
+    }
+}

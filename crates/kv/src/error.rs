@@ -1,0 +1,105 @@
+//! [`KvError`]: the errors the store returns, spelled exactly as etcd spells
+//! them on the wire, with etcd's gRPC status code.
+
+use thiserror::Error;
+
+/// gRPC status codes used by [`KvError::grpc_code`] (values of
+/// `google.rpc.Code`; `kv` does not depend on tonic).
+pub mod grpc_code {
+    pub const INVALID_ARGUMENT: i32 = 3;
+    pub const NOT_FOUND: i32 = 5;
+    pub const OUT_OF_RANGE: i32 = 11;
+    pub const INTERNAL: i32 = 13;
+    pub const UNAVAILABLE: i32 = 14;
+}
+
+/// Why the store refused a command. A refused command changes nothing.
+///
+/// `Display` is exactly the message etcd v3.5 sends in its gRPC status
+/// (`api/v3rpc/rpctypes/error.go`), so clients that match on strings (the Go
+/// client's `rpctypes.Error`, kube-apiserver) behave as with etcd;
+/// [`KvError::grpc_code`] is the status code etcd pairs with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Error)]
+pub enum KvError {
+    /// A Range/Put/DeleteRange or a Compare has an empty key
+    /// (etcd `ErrGRPCEmptyKey`, InvalidArgument).
+    #[error("etcdserver: key is not provided")]
+    EmptyKey,
+    /// Put with `ignore_value`/`ignore_lease` on a key that does not exist,
+    /// or an empty `RequestOp` inside a txn (etcd `ErrGRPCKeyNotFound`,
+    /// InvalidArgument).
+    #[error("etcdserver: key not found")]
+    KeyNotFound,
+    /// Put with `ignore_value` and a non-empty value
+    /// (etcd `ErrGRPCValueProvided`, InvalidArgument).
+    #[error("etcdserver: value is provided")]
+    ValueProvided,
+    /// Put with `ignore_lease` and a non-zero lease
+    /// (etcd `ErrGRPCLeaseProvided`, InvalidArgument).
+    #[error("etcdserver: lease is provided")]
+    LeaseProvided,
+    /// A txn level has more compares, success ops or failure ops than the
+    /// configured maximum (etcd `ErrGRPCTooManyOps`, InvalidArgument).
+    #[error("etcdserver: too many operations in txn request")]
+    TooManyOps,
+    /// A txn puts a key twice, or puts a key it also deletes, in one
+    /// executable path (etcd `ErrGRPCDuplicateKey`, InvalidArgument).
+    #[error("etcdserver: duplicate key given in txn request")]
+    DuplicateKey,
+    /// A Range has a `sort_order` or `sort_target` outside the enum
+    /// (etcd `ErrGRPCInvalidSortOption`, InvalidArgument).
+    #[error("etcdserver: invalid sort option")]
+    InvalidSortOption,
+    /// The revision asked for is below the compaction revision
+    /// (etcd `ErrGRPCCompacted`, OutOfRange).
+    #[error("etcdserver: mvcc: required revision has been compacted")]
+    Compacted,
+    /// The revision asked for is above the current revision
+    /// (etcd `ErrGRPCFutureRev`, OutOfRange).
+    #[error("etcdserver: mvcc: required revision is a future revision")]
+    FutureRevision,
+    /// A Put names a lease; bftd has no leases yet, so every lease is
+    /// unknown (etcd `ErrGRPCLeaseNotFound`, NotFound).
+    #[error("etcdserver: requested lease not found")]
+    LeaseNotFound,
+    /// A [`crate::Command`] with no operation set. bftd-specific: etcd has
+    /// no such request. InvalidArgument.
+    #[error("bftd: command has no operation")]
+    EmptyCommand,
+    /// [`crate::Store::execute_read_only`] was given a command that writes.
+    /// bftd-specific, InvalidArgument.
+    #[error("bftd: command is not read-only")]
+    NotReadOnly,
+    /// A request's payload did not decode into commands. bftd-specific,
+    /// Internal: a correct replica never sends one.
+    #[error("bftd: request payload did not decode")]
+    UndecodableRequest,
+    /// The operation was ordered, but this replica caught up by installing
+    /// a checkpoint that already included it, so its result is unknown here
+    /// (etcd's `ErrTimeout` string: clients treat the outcome as unknown).
+    #[error("etcdserver: request timed out")]
+    OutcomeUnknown,
+}
+
+impl KvError {
+    /// The gRPC status code etcd v3.5 returns with this error
+    /// (`google.rpc.Code` numbering: 3 InvalidArgument, 5 NotFound,
+    /// 11 OutOfRange).
+    pub fn grpc_code(&self) -> i32 {
+        match self {
+            KvError::Compacted | KvError::FutureRevision => grpc_code::OUT_OF_RANGE,
+            KvError::LeaseNotFound => grpc_code::NOT_FOUND,
+            KvError::EmptyKey
+            | KvError::KeyNotFound
+            | KvError::ValueProvided
+            | KvError::LeaseProvided
+            | KvError::TooManyOps
+            | KvError::DuplicateKey
+            | KvError::InvalidSortOption
+            | KvError::EmptyCommand
+            | KvError::NotReadOnly => grpc_code::INVALID_ARGUMENT,
+            KvError::UndecodableRequest => grpc_code::INTERNAL,
+            KvError::OutcomeUnknown => grpc_code::UNAVAILABLE,
+        }
+    }
+}

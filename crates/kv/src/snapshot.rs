@@ -1,0 +1,338 @@
+//! The canonical encoding of a [`Store`]'s logical state: snapshots for
+//! checkpoints and state transfer, the state digest, and the HashKV hash.
+//!
+//! Snapshot format, version 1 (big-endian, lengths and counts `u32`):
+//!
+//! ```text
+//! magic "bftdkv" | version u8 = 1
+//! current_revision i64 | compact_revision i64 | key count u32
+//! per key, ascending:  key bytes | entry count u32 | entries
+//! per entry, ascending (main, sub):
+//!   main i64 | sub i64 | kind u8 (0 put, 1 tombstone)
+//!   put only: create_revision i64 | version i64 | lease i64 | value bytes
+//! ```
+//!
+//! The encoding is a function of the logical state alone (no capacities,
+//! no configuration), so equal states give equal bytes and
+//! [`Store::state_digest`] is the BLAKE3 digest of [`Store::snapshot`].
+
+use std::collections::BTreeMap;
+
+use wire::codec::Reader;
+use wire::hash::{Digest, Hasher};
+use wire::DecodeError;
+
+use crate::error::KvError;
+use crate::store::{Entry, Event, History, PutEvent, Revision, Store, DEFAULT_MAX_TXN_OPS};
+
+const MAGIC: &[u8; 6] = b"bftdkv";
+const VERSION: u8 = 1;
+const KIND_PUT: u8 = 0;
+const KIND_TOMBSTONE: u8 = 1;
+/// Revisions above this are refused on restore, so `+ 1` never overflows.
+const REVISION_MAX: i64 = 1 << 62;
+/// Smallest encoded entry: main, sub, kind.
+const ENTRY_BYTES_MIN: usize = 8 + 8 + 1;
+/// Smallest encoded key: key length, one key byte, entry count, one entry.
+const KEY_BYTES_MIN: usize = 4 + 1 + 4 + ENTRY_BYTES_MIN;
+/// Domain separation of the HashKV hash from other BLAKE3 uses.
+const HASH_KV_DOMAIN: &[u8] = b"bftd kv hashkv v1";
+
+/// Where encoded bytes go: a buffer (snapshot) or a hasher (digests).
+trait Sink {
+    fn put(&mut self, bytes: &[u8]);
+    fn u8(&mut self, v: u8) {
+        self.put(&[v]);
+    }
+    fn u32(&mut self, v: u32) {
+        self.put(&v.to_be_bytes());
+    }
+    fn i64(&mut self, v: i64) {
+        self.put(&v.to_be_bytes());
+    }
+    fn count(&mut self, n: usize) {
+        self.u32(u32::try_from(n).expect("fewer than 2^32 items"));
+    }
+    fn bytes(&mut self, v: &[u8]) {
+        self.count(v.len());
+        self.put(v);
+    }
+}
+
+impl Sink for Vec<u8> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+impl Sink for Hasher {
+    fn put(&mut self, bytes: &[u8]) {
+        self.update(bytes);
+    }
+}
+
+fn encode_entry(out: &mut impl Sink, e: &Entry) {
+    out.i64(e.rev.main);
+    out.i64(e.rev.sub);
+    match &e.event {
+        Event::Put(p) => {
+            out.u8(KIND_PUT);
+            out.i64(p.create_revision);
+            out.i64(p.version);
+            out.i64(p.lease);
+            out.bytes(&p.value);
+        }
+        Event::Tombstone => out.u8(KIND_TOMBSTONE),
+    }
+}
+
+fn encode_store(store: &Store, out: &mut impl Sink) {
+    out.put(MAGIC);
+    out.u8(VERSION);
+    out.i64(store.current_revision);
+    out.i64(store.compact_revision);
+    out.count(store.keys.len());
+    for (key, history) in &store.keys {
+        out.bytes(key);
+        out.count(history.entries.len());
+        for e in &history.entries {
+            encode_entry(out, e);
+        }
+    }
+}
+
+fn i64_field(r: &mut Reader<'_>) -> Result<i64, DecodeError> {
+    Ok(r.u64()? as i64)
+}
+
+fn decode_entry(r: &mut Reader<'_>) -> Result<Entry, DecodeError> {
+    let main = i64_field(r)?;
+    let sub = i64_field(r)?;
+    let event = match r.u8()? {
+        KIND_PUT => {
+            let create_revision = i64_field(r)?;
+            let version = i64_field(r)?;
+            let lease = i64_field(r)?;
+            let value = r.bytes("value", usize::MAX)?.to_vec();
+            Event::Put(PutEvent {
+                create_revision,
+                version,
+                lease,
+                value,
+            })
+        }
+        KIND_TOMBSTONE => Event::Tombstone,
+        tag => {
+            return Err(DecodeError::UnknownTag {
+                what: "kv event",
+                tag,
+            })
+        }
+    };
+    Ok(Entry {
+        rev: Revision { main, sub },
+        event,
+    })
+}
+
+/// Checks the invariants [`Store`] keeps for one key's history (see
+/// [`History`]), so a restored store behaves as one built by commands.
+fn check_history(entries: &[Entry], current: i64, compact: i64) -> Result<(), DecodeError> {
+    let Some(first) = entries.first() else {
+        return Err(DecodeError::Invalid("kv snapshot: key without history"));
+    };
+    let mut prev: Option<&Entry> = None;
+    for e in entries {
+        let Revision { main, sub } = e.rev;
+        if main < 2 || main > current || sub < 0 {
+            return Err(DecodeError::Invalid("kv snapshot: revision out of range"));
+        }
+        if let Some(p) = prev {
+            if p.rev >= e.rev {
+                return Err(DecodeError::Invalid("kv snapshot: revisions not ascending"));
+            }
+            if main <= compact {
+                return Err(DecodeError::Invalid(
+                    "kv snapshot: history below compaction",
+                ));
+            }
+        }
+        match (&e.event, prev.map(|p| &p.event)) {
+            (Event::Tombstone, None) => {
+                return Err(DecodeError::Invalid(
+                    "kv snapshot: history starts with a delete",
+                ))
+            }
+            (Event::Tombstone, Some(Event::Tombstone)) => {
+                return Err(DecodeError::Invalid("kv snapshot: delete of a deleted key"))
+            }
+            (Event::Tombstone, Some(Event::Put(_))) => {}
+            (Event::Put(put), before) => {
+                let fresh = PutEvent {
+                    create_revision: main,
+                    version: 1,
+                    ..put.clone()
+                };
+                let ok = match before {
+                    Some(Event::Put(b)) => {
+                        put.create_revision == b.create_revision && put.version == b.version + 1
+                    }
+                    Some(Event::Tombstone) => *put == fresh,
+                    // The oldest retained put: a creation, or the survivor
+                    // of a compaction.
+                    None => {
+                        *put == fresh
+                            || (main <= compact
+                                && (1..=main).contains(&put.create_revision)
+                                && (1..=main).contains(&put.version))
+                    }
+                };
+                if !ok {
+                    return Err(DecodeError::Invalid(
+                        "kv snapshot: inconsistent key version",
+                    ));
+                }
+            }
+        }
+        prev = Some(e);
+    }
+    debug_assert!(matches!(first.event, Event::Put(_)));
+    Ok(())
+}
+
+impl Store {
+    /// The canonical encoding of the whole logical state (current and
+    /// compaction revisions, every key's retained history), for checkpoints
+    /// and state transfer. Equal states give equal bytes. The txn-ops limit
+    /// is configuration and is not included.
+    pub fn snapshot(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_store(self, &mut out);
+        out
+    }
+
+    /// A store from [`Store::snapshot`] bytes, with the default txn-ops
+    /// limit. See [`Store::restore_with_max_txn_ops`].
+    pub fn restore(bytes: &[u8]) -> Result<Store, DecodeError> {
+        Self::restore_with_max_txn_ops(bytes, DEFAULT_MAX_TXN_OPS)
+    }
+
+    /// A store from [`Store::snapshot`] bytes. Checks the format (magic,
+    /// version, lengths against the input, no trailing bytes) and the
+    /// store's invariants (ascending keys and revisions, consistent
+    /// versions, nothing below the compaction revision but one surviving
+    /// put per key); any violation is an error, never a panic.
+    /// `restore(s.snapshot())` has the same [`Store::state_digest`] as `s`.
+    /// Panics if `max_txn_ops` is 0.
+    pub fn restore_with_max_txn_ops(
+        bytes: &[u8],
+        max_txn_ops: usize,
+    ) -> Result<Store, DecodeError> {
+        let mut store = Store::with_max_txn_ops(max_txn_ops);
+        let mut r = Reader::new(bytes);
+        if r.raw(MAGIC.len())? != MAGIC {
+            return Err(DecodeError::Invalid("kv snapshot magic"));
+        }
+        let version = r.u8()?;
+        if version != VERSION {
+            return Err(DecodeError::BadVersion(version));
+        }
+        let current = i64_field(&mut r)?;
+        let compact = i64_field(&mut r)?;
+        if !(1..=REVISION_MAX).contains(&current) || compact < -1 || compact > current {
+            return Err(DecodeError::Invalid("kv snapshot revisions"));
+        }
+        let key_count = r.count("keys", usize::MAX, KEY_BYTES_MIN)?;
+        let mut keys: BTreeMap<Vec<u8>, History> = BTreeMap::new();
+        let mut live_keys = 0usize;
+        let mut last_key: Option<&[u8]> = None;
+        for _ in 0..key_count {
+            let key = r.bytes("key", usize::MAX)?;
+            if key.is_empty() || last_key.is_some_and(|last| last >= key) {
+                return Err(DecodeError::Invalid("kv snapshot: keys not ascending"));
+            }
+            last_key = Some(key);
+            let n = r.count("entries", usize::MAX, ENTRY_BYTES_MIN)?;
+            let mut entries = Vec::with_capacity(n);
+            for _ in 0..n {
+                entries.push(decode_entry(&mut r)?);
+            }
+            check_history(&entries, current, compact)?;
+            if matches!(
+                entries.last(),
+                Some(Entry {
+                    event: Event::Put(_),
+                    ..
+                })
+            ) {
+                live_keys += 1;
+            }
+            keys.insert(key.to_vec(), History { entries });
+        }
+        r.finish()?;
+        store.keys = keys;
+        store.current_revision = current;
+        store.compact_revision = compact;
+        store.live_keys = live_keys;
+        Ok(store)
+    }
+
+    /// BLAKE3 digest of the canonical encoding of the logical state: equal
+    /// to `wire::hash::digest(&self.snapshot())`, computed without building
+    /// the snapshot. Replicas with the same state have the same digest.
+    pub fn state_digest(&self) -> Digest {
+        let mut h = Hasher::new();
+        encode_store(self, &mut h);
+        h.finalize()
+    }
+
+    /// etcd Maintenance.Hash: a 32-bit hash of the whole state, the first
+    /// four bytes (big-endian) of [`Store::state_digest`].
+    pub fn hash(&self) -> u32 {
+        let d = self.state_digest();
+        u32::from_be_bytes([d.0[0], d.0[1], d.0[2], d.0[3]])
+    }
+
+    /// etcd Maintenance.HashKV: a 32-bit hash of all retained key history
+    /// up to `revision` (0 = current), with the compaction revision it was
+    /// taken at (-1 if never compacted).
+    ///
+    /// The hash is the first four bytes (big-endian) of BLAKE3 over a
+    /// domain tag and, for each key in order, the key and its retained
+    /// entries with main revision `<= revision`, encoded as in the
+    /// snapshot. It is comparable between bftd replicas, not with etcd's
+    /// CRC-32C. As in etcd: `revision` in `(0, compact_revision)` fails with
+    /// [`KvError::Compacted`], above the current revision with
+    /// [`KvError::FutureRevision`].
+    pub fn hash_kv(&self, revision: i64) -> Result<(u32, i64), KvError> {
+        if revision > 0 && revision < self.compact_revision {
+            return Err(KvError::Compacted);
+        }
+        if revision > 0 && revision > self.current_revision {
+            return Err(KvError::FutureRevision);
+        }
+        let at = if revision == 0 {
+            self.current_revision
+        } else {
+            revision
+        };
+        let mut h = Hasher::new();
+        h.put(HASH_KV_DOMAIN);
+        for (key, history) in &self.keys {
+            let n = history.entries.partition_point(|e| e.rev.main <= at);
+            if n == 0 {
+                continue;
+            }
+            h.bytes(key);
+            h.count(n);
+            for e in &history.entries[..n] {
+                encode_entry(&mut h, e);
+            }
+        }
+        let d = h.finalize();
+        Ok((
+            u32::from_be_bytes([d.0[0], d.0[1], d.0[2], d.0[3]]),
+            self.compact_revision,
+        ))
+    }
+}

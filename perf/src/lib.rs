@@ -1,0 +1,15 @@
+//! bftd's benchmark harness as a library: the `bftd-perf` binary is a thin
+//! CLI over these modules, and later benchmarks (failover, flood) reuse them.
+
+pub mod bftd_cluster;
+pub mod bftd_demo;
+pub mod etcd_cluster;
+pub mod failover;
+pub mod flood;
+pub mod flooder;
+pub mod kv_compare;
+pub mod loadgen;
+pub mod netns;
+pub mod plot;
+pub mod procs;
+pub mod report;

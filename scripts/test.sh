@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The test command: installs what the tests need on a fresh Debian machine,
+# then runs every test of the workspace (unit, scenario, simulator seeds,
+# process-level cluster tests with etcdctl).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)   # a real third-party etcd client
+command -v etcd >/dev/null 2>&1 || need+=(etcd-server)      # baseline for perf/ benchmarks
+command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler) # etcd-client crate's build script
+command -v ip >/dev/null 2>&1 || need+=(iproute2)           # network-namespace fault tests
+if [ ${#need[@]} -gt 0 ]; then
+    echo "installing test dependencies: ${need[*]}"
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+cargo test --workspace --locked "$@"

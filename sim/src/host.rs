@@ -1,0 +1,660 @@
+//! One simulated replica: the real `control::Replica` and `kv::Store`,
+//! wired as the bftd process wires them (control loop, executor, proxy),
+//! over the fake network and disk, with its [`Middleware`] at the edge.
+//!
+//! [`Host::carry_out`] is the ONE place where the core's [`Output`]s are
+//! carried out. A new `Output` kind is a compile error there, to be handled
+//! on purpose (never guessed).
+//!
+//! Durability follows `crates/storage`'s contract through [`Disk`]:
+//! proposals are durable before the core may ACCEPT them, decisions,
+//! regencies and checkpoints are written as they happen; a crash loses
+//! what is not yet durable, and [`Host::restart`] rebuilds the replica
+//! from its newest durable checkpoint plus the durable decisions after it.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+use control::{ClientTable, Config, Decision, Output, Replica, Target};
+use kv::Command;
+use wire::{
+    CheckpointInfo, ClientId, Keyring, Limits, Message, ReplicaId, Request, Signature, Signer,
+    Verified, Verifier,
+};
+
+use crate::byzantine::{Behavior, ByzStats, Cx, Emit, Honest, Middleware};
+use crate::diagnosis::Watch;
+use crate::disk::{Disk, Record};
+use crate::network::Packet;
+use crate::rng::Prng;
+use crate::trace::{describe, message_words};
+use crate::workload::OpId;
+use crate::world::Env;
+
+/// Most commands decoded from one request (as the real executor bounds it).
+pub const COMMANDS_PER_REQUEST_MAX: usize = 64;
+/// Capacity of each verifier's cache of verified request digests.
+const VERIFIER_CACHE: usize = 1024;
+/// Bound on own-copy rounds while carrying out one input's outputs.
+const CARRY_OUT_ROUNDS_MAX: usize = 100_000;
+
+/// The replica as the proxy of its etcd clients: queues their operations,
+/// bundles them into signed requests, keeps the callers until the executor
+/// answers.
+#[derive(Debug)]
+pub struct Proxy {
+    /// (client index, op id, command) waiting for a window slot.
+    queue: VecDeque<(usize, OpId, Command)>,
+    /// Outstanding requests by seq: the callers, in command order.
+    outstanding: BTreeMap<u64, Vec<(usize, OpId)>>,
+    /// The seq of the next request.
+    pub next_seq: u64,
+    window: usize,
+    bundle_ops_max: usize,
+}
+
+impl Proxy {
+    fn new(window: usize, bundle_ops_max: usize) -> Self {
+        assert!(window >= 1 && window as u64 <= control::clients::WINDOW);
+        Self {
+            queue: VecDeque::new(),
+            outstanding: BTreeMap::new(),
+            next_seq: 1,
+            window,
+            bundle_ops_max,
+        }
+    }
+
+    /// Requests sent and not yet executed here.
+    pub fn outstanding(&self) -> usize {
+        self.outstanding.len()
+    }
+
+    /// Every caller waiting (queued or in a request), emptied.
+    fn drain_callers(&mut self) -> Vec<(usize, OpId)> {
+        let mut all: Vec<(usize, OpId)> = self.queue.drain(..).map(|(c, o, _)| (c, o)).collect();
+        for (_, callers) in std::mem::take(&mut self.outstanding) {
+            all.extend(callers);
+        }
+        all
+    }
+}
+
+/// Counters of one host.
+#[derive(Debug, Default, Clone)]
+pub struct HostStats {
+    /// Messages the verifier refused, by reason label.
+    pub refused: BTreeMap<&'static str, u64>,
+    /// Messages the verifier accepted.
+    pub accepted: u64,
+    /// Requests the proxy sent.
+    pub requests_sent: u64,
+    /// Times the replica crashed.
+    pub crashes: u64,
+    /// Checkpoints taken after a decision.
+    pub checkpoints_taken: u64,
+    /// Checkpoints installed by state transfer.
+    pub checkpoints_installed: u64,
+    /// Decisions re-executed from the durable log at restarts.
+    pub recovered_decisions: u64,
+    /// Restarts that began from a durable checkpoint.
+    pub recovered_from_checkpoint: u64,
+    /// Client operations whose outcome this replica cannot report: their
+    /// requests executed in cids a checkpoint installation skipped.
+    pub ops_indeterminate: u64,
+    /// Regencies entered.
+    pub regencies: u64,
+    /// Messages a Byzantine middleware emitted that no longer decoded.
+    pub undecodable: u64,
+}
+
+/// One replica of the simulated cluster.
+pub struct Host {
+    /// This replica.
+    pub id: ReplicaId,
+    /// `Some` for a Byzantine replica.
+    pub behavior: Option<Behavior>,
+    cfg: Config,
+    /// The real consensus core.
+    pub core: Replica,
+    /// The real kv store (decided state).
+    pub store: kv::Store,
+    signer: Signer,
+    keyring: Arc<Keyring>,
+    verifier: Verifier,
+    /// The write-ahead log: writes in flight and what is durable.
+    pub disk: Disk,
+    /// The proxy of this replica's clients.
+    pub proxy: Proxy,
+    middleware: Box<dyn Middleware>,
+    byz_rng: Prng,
+    /// What the middleware did (zero for correct replicas).
+    pub byz_stats: ByzStats,
+    /// False while crashed.
+    pub up: bool,
+    /// Counters.
+    pub stats: HostStats,
+    /// What the core asked the network for lately.
+    pub watch: Watch,
+}
+
+impl Host {
+    /// A fresh replica.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        cfg: Config,
+        signer: Signer,
+        keyring: Arc<Keyring>,
+        disk: Disk,
+        behavior: Option<Behavior>,
+        byz_rng: Prng,
+        proxy_window: usize,
+        bundle_ops_max: usize,
+    ) -> Self {
+        let middleware = behavior.map_or_else(
+            || Box::new(Honest) as Box<dyn Middleware>,
+            |b| b.middleware(),
+        );
+        Self {
+            id: cfg.me,
+            behavior,
+            core: Replica::start(cfg.clone()),
+            cfg,
+            store: kv::Store::new(),
+            signer,
+            verifier: Verifier::new(keyring.clone(), VERIFIER_CACHE),
+            keyring,
+            disk,
+            proxy: Proxy::new(proxy_window, bundle_ops_max),
+            middleware,
+            byz_rng,
+            byz_stats: ByzStats::default(),
+            up: true,
+            stats: HostStats::default(),
+            watch: Watch::default(),
+        }
+    }
+
+    /// True unless Byzantine.
+    pub fn is_correct(&self) -> bool {
+        self.behavior.is_none()
+    }
+
+    /// A client's operation arrives at this replica's proxy.
+    pub fn submit(&mut self, client: usize, op: OpId, command: Command) {
+        assert!(self.up);
+        self.proxy.queue.push_back((client, op, command));
+    }
+
+    /// Sends queued operations as requests while the window has room.
+    pub fn flush_proxy(&mut self, env: &mut Env) {
+        while !self.proxy.queue.is_empty() && self.proxy.outstanding.len() < self.proxy.window {
+            let take = self.proxy.bundle_ops_max.min(self.proxy.queue.len());
+            let items: Vec<_> = self.proxy.queue.drain(..take).collect();
+            let commands: Vec<Command> = items.iter().map(|(_, _, c)| c.clone()).collect();
+            let seq = self.proxy.next_seq;
+            self.proxy.next_seq += 1;
+            self.proxy
+                .outstanding
+                .insert(seq, items.into_iter().map(|(c, o, _)| (c, o)).collect());
+            let payload = kv::command::encode_batch(&commands);
+            let request = Request::new(
+                ClientId::of_replica(self.id),
+                seq,
+                payload,
+                Signature::PENDING,
+            );
+            let signed = self.signer.sign_request(request);
+            self.stats.requests_sent += 1;
+            let msg = Message::Request(signed.get().clone());
+            for to in self.others() {
+                self.emit(env, to, msg.clone());
+            }
+            let mut out = Vec::new();
+            self.core.on_request(signed, &mut out);
+            self.carry_out(env, &mut out);
+        }
+    }
+
+    fn others(&self) -> impl Iterator<Item = ReplicaId> {
+        let me = self.id;
+        (0..self.cfg.n as u16)
+            .map(ReplicaId)
+            .filter(move |r| *r != me)
+    }
+
+    /// The middleware's context, from disjoint borrows of the host.
+    fn cx<'a>(
+        now: u64,
+        core: &Replica,
+        cluster_id: u64,
+        signer: &'a Signer,
+        rng: &'a mut Prng,
+        board: &'a mut crate::byzantine::Collusion,
+        stats: &'a mut ByzStats,
+    ) -> Cx<'a> {
+        Cx {
+            now,
+            me: core.id(),
+            n: core.config().n,
+            f: core.config().f(),
+            cluster_id,
+            leader: core.leader(),
+            regency: core.regency(),
+            last_decided: core.last_decided(),
+            signer,
+            rng,
+            board,
+            stats,
+        }
+    }
+
+    /// A signed message to another replica, through the middleware.
+    fn emit(&mut self, env: &mut Env, to: ReplicaId, msg: Message) {
+        let mut emits: Vec<Emit> = Vec::with_capacity(1);
+        let mut cx = Self::cx(
+            env.now,
+            &self.core,
+            self.keyring.cluster_id(),
+            &self.signer,
+            &mut self.byz_rng,
+            &mut env.board,
+            &mut self.byz_stats,
+        );
+        self.middleware.outgoing(&mut cx, to, msg, &mut emits);
+        self.put_on_wire(env, emits);
+    }
+
+    /// Sends what a middleware emitted. What a Byzantine replica sends
+    /// goes through the wire encoding, as on a real link: the receiver
+    /// decodes it (with its decode-time checks) before verification, and
+    /// bytes that do not decode never reach it.
+    fn put_on_wire(&mut self, env: &mut Env, emits: Vec<Emit>) {
+        for e in emits {
+            if e.to == self.id {
+                continue; // a middleware cannot reach its own core by the network
+            }
+            let msg = if self.behavior.is_some() {
+                match Message::decode(&e.msg.encode(), &Limits::default()) {
+                    Ok(m) => m,
+                    Err(_) => {
+                        self.stats.undecodable += 1;
+                        continue;
+                    }
+                }
+            } else {
+                e.msg
+            };
+            env.net.send(
+                env.now,
+                self.id,
+                e.to,
+                msg,
+                e.extra_delay_ticks,
+                &mut env.trace,
+            );
+        }
+    }
+
+    /// Carries out the core's outputs until none are left, feeding this
+    /// replica's own copies of its messages straight back to its core (as
+    /// the control thread does). THE match over [`Output`].
+    pub fn carry_out(&mut self, env: &mut Env, out: &mut Vec<Output>) {
+        let mut own: VecDeque<Verified<Message>> = VecDeque::new();
+        for _round in 0..CARRY_OUT_ROUNDS_MAX {
+            for o in std::mem::take(out) {
+                match o {
+                    Output::Send { to, msg } => {
+                        self.watch.on_send(env.now, &msg);
+                        let signed = self.signer.sign(msg);
+                        match to {
+                            Target::All => {
+                                for r in self.others().collect::<Vec<_>>() {
+                                    self.emit(env, r, signed.get().clone());
+                                }
+                                own.push_back(signed);
+                            }
+                            Target::One(r) if r == self.id => own.push_back(signed),
+                            Target::One(r) => self.emit(env, r, signed.into_inner()),
+                        }
+                    }
+                    Output::Persist {
+                        cid,
+                        regency,
+                        batch,
+                    } => {
+                        let digest = batch.digest();
+                        self.disk.write(
+                            env.now,
+                            Record::Proposal {
+                                cid,
+                                regency,
+                                digest,
+                            },
+                        );
+                    }
+                    Output::Deliver(d) => self.execute(env, d),
+                    Output::Regency { regency, leader } => self.on_regency(env, regency, leader),
+                    Output::InstallCheckpoint { info, blob, app } => {
+                        self.install(env, info, blob, &app)
+                    }
+                }
+            }
+            match own.pop_front() {
+                Some(m) => self.core.on_message(m, out),
+                None if out.is_empty() => return,
+                None => {}
+            }
+        }
+        panic!(
+            "{:?}: outputs did not settle after {CARRY_OUT_ROUNDS_MAX} rounds",
+            self.id
+        );
+    }
+
+    /// Messages arriving this tick: middleware, batch verification, core.
+    pub fn receive(&mut self, env: &mut Env, packets: Vec<Packet>) {
+        let mut items = Vec::with_capacity(packets.len());
+        let mut emits = Vec::new();
+        for p in packets {
+            let mut cx = Self::cx(
+                env.now,
+                &self.core,
+                self.keyring.cluster_id(),
+                &self.signer,
+                &mut self.byz_rng,
+                &mut env.board,
+                &mut self.byz_stats,
+            );
+            if let Some(m) = self.middleware.incoming(&mut cx, p.from, p.msg, &mut emits) {
+                items.push((p.from, m));
+            }
+        }
+        self.put_on_wire(env, emits);
+        let labels: Vec<(ReplicaId, (u64, u64, u64))> =
+            items.iter().map(|(f, m)| (*f, message_words(m))).collect();
+        let results = self.verifier.verify_batch(items);
+        let mut out = Vec::new();
+        for ((from, (k, a, b)), res) in labels.into_iter().zip(results) {
+            let me = self.id;
+            match res {
+                Ok(v) => {
+                    self.stats.accepted += 1;
+                    env.trace.event(
+                        env.now,
+                        b'r',
+                        &[me.0 as u64, from.0 as u64, k, a, b],
+                        || format!("recv {from:?}->{me:?} {}", describe(v.get())),
+                    );
+                    self.core.on_message(v, &mut out);
+                    self.carry_out(env, &mut out);
+                }
+                Err(e) => {
+                    *self.stats.refused.entry(e.label()).or_default() += 1;
+                    env.trace.event(
+                        env.now,
+                        b'v',
+                        &[me.0 as u64, from.0 as u64, k, a, b],
+                        || format!("REFUSED {from:?}->{me:?} kind={k} cid/client={a}: {e}"),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Acknowledges the proposals durable now (and carries out what they
+    /// cause).
+    pub fn disk_step(&mut self, env: &mut Env) {
+        let mut out = Vec::new();
+        while let Some((cid, digest)) = self.disk.pop_due(env.now) {
+            let me = self.id;
+            env.trace.event(env.now, b'p', &[me.0 as u64, cid], || {
+                format!("{me:?} persisted cid={cid} {digest:?}")
+            });
+            self.core.on_persisted(cid, digest, &mut out);
+            self.carry_out(env, &mut out);
+        }
+    }
+
+    /// One tick of the replica's clock.
+    pub fn tick(&mut self, env: &mut Env) {
+        let mut out = Vec::new();
+        self.core.on_tick(&mut out);
+        self.carry_out(env, &mut out);
+    }
+
+    /// The executor: applies a decision to the kv store, as bftd's
+    /// executor does (writes everywhere, reads only at the origin replica),
+    /// answers this replica's clients, takes the checkpoint the decision
+    /// asks for, and reports to the checker.
+    fn execute(&mut self, env: &mut Env, d: Decision) {
+        let me = ClientId::of_replica(self.id);
+        for r in d.fresh_requests() {
+            let own = r.client == me;
+            let callers = if own {
+                self.proxy.outstanding.remove(&r.seq)
+            } else {
+                None
+            };
+            let results = execute_request(&mut self.store, r, own);
+            match (callers, results) {
+                (Some(callers), Ok(results)) => {
+                    assert_eq!(
+                        callers.len(),
+                        results.len(),
+                        "one result per bundled operation"
+                    );
+                    for ((_, op), res) in callers.into_iter().zip(results) {
+                        env.complete(op, res);
+                    }
+                }
+                (callers, Err(e)) => {
+                    env.trace.note(env.now, || {
+                        format!("undecodable request {:?}#{}: {e}", r.client, r.seq)
+                    });
+                    assert!(callers.is_none(), "our own proxy's request did not decode");
+                }
+                (None, Ok(_)) => {}
+            }
+        }
+        let state = self.store.state_digest();
+        let id = self.id;
+        env.trace.event(
+            env.now,
+            b'd',
+            &[id.0 as u64, d.cid, d.fresh.len() as u64],
+            || {
+                format!(
+                    "{id:?} DELIVER cid={} r{} {:?} fresh={} state={state:?}",
+                    d.cid,
+                    d.regency,
+                    d.batch.digest(),
+                    d.fresh.len()
+                )
+            },
+        );
+        env.checker.on_deliver(env.now, self.id, &d, state);
+        assert!(
+            self.core.last_decided() >= d.cid,
+            "the core delivers only decided cids"
+        );
+        self.disk.write(
+            env.now,
+            Record::Decision {
+                batch: d.batch.clone(),
+                proof: d.proof.clone(),
+            },
+        );
+        if let Some(clients) = &d.checkpoint {
+            self.take_checkpoint(env, &d, clients);
+        }
+    }
+
+    /// A checkpoint after `d`: the blob, its digest to the core (to serve
+    /// state transfer), the blob to the disk.
+    fn take_checkpoint(&mut self, env: &mut Env, d: &Decision, clients: &ClientTable) {
+        let blob =
+            control::checkpoint::encode(d.cid, Some(&d.proof), clients, &self.store.snapshot());
+        let info = CheckpointInfo {
+            cid: d.cid,
+            digest: control::checkpoint::digest(&blob).expect("a blob made by checkpoint::encode"),
+            len: blob.len() as u64,
+        };
+        let blob = Arc::new(blob);
+        self.core.on_checkpoint(info, blob.clone());
+        self.disk.write(env.now, Record::Checkpoint { info, blob });
+        self.stats.checkpoints_taken += 1;
+        env.checker.on_checkpoint(self.id, info.cid, info.digest);
+        let id = self.id;
+        env.trace
+            .event(env.now, b'k', &[id.0 as u64, info.cid], || {
+                format!(
+                    "{id:?} CHECKPOINT cid={} {:?} {} bytes",
+                    info.cid, info.digest, info.len
+                )
+            });
+    }
+
+    fn on_regency(&mut self, env: &mut Env, regency: wire::Regency, leader: ReplicaId) {
+        self.stats.regencies += 1;
+        self.disk.write(env.now, Record::Regency(regency));
+        env.checker.on_regency(env.now, self.id, regency, leader);
+        let id = self.id;
+        env.trace
+            .event(env.now, b'g', &[id.0 as u64, regency as u64], || {
+                format!("{id:?} REGENCY {regency} leader {leader:?}")
+            });
+    }
+
+    /// State transfer brought a checkpoint: the kv store becomes its
+    /// application state; it is stored as the newest checkpoint. Own
+    /// requests executed in the cids it skips never get a Deliver here:
+    /// their callers cannot be told the outcome (as an etcd client whose
+    /// connection broke), so they are abandoned.
+    fn install(&mut self, env: &mut Env, info: CheckpointInfo, blob: Arc<Vec<u8>>, app: &[u8]) {
+        self.store = match kv::Store::restore(app) {
+            Ok(s) => s,
+            Err(e) => panic!(
+                "{:?}: control installed checkpoint {} whose kv state does not decode: {e}",
+                self.id, info.cid
+            ),
+        };
+        let ckpt = control::checkpoint::decode(&blob, &Limits::default(), usize::MAX)
+            .expect("control installs only checkpoints it decoded");
+        self.disk.write(env.now, Record::Checkpoint { info, blob });
+        self.stats.checkpoints_installed += 1;
+        let state = self.store.state_digest();
+        env.checker.on_install(env.now, self.id, info.cid, state);
+        let me = ClientId::of_replica(self.id);
+        let skipped: Vec<u64> = self
+            .proxy
+            .outstanding
+            .keys()
+            .copied()
+            .filter(|&seq| ckpt.clients.is_executed(me, seq))
+            .collect();
+        for seq in skipped {
+            for (client, op) in self.proxy.outstanding.remove(&seq).expect("listed") {
+                self.stats.ops_indeterminate += 1;
+                env.abandon(client, op);
+            }
+        }
+        let id = self.id;
+        env.trace
+            .event(env.now, b'I', &[id.0 as u64, info.cid], || {
+                format!(
+                    "{id:?} INSTALL checkpoint cid={} {:?} state={state:?}",
+                    info.cid, info.digest
+                )
+            });
+    }
+
+    /// Crashes the replica: in-memory consensus state and writes not yet
+    /// durable are lost, waiting callers never hear back.
+    pub fn crash(&mut self, env: &mut Env) {
+        assert!(self.up);
+        self.up = false;
+        self.stats.crashes += 1;
+        self.disk.crash();
+        for (client, op) in self.proxy.drain_callers() {
+            env.abandon(client, op);
+        }
+        let id = self.id;
+        env.trace
+            .event(env.now, b'c', &[id.0 as u64], || format!("{id:?} CRASH"));
+    }
+
+    /// Restarts from the durable log: the newest durable checkpoint, then
+    /// the durable decisions after it, re-executed; the core resumes with
+    /// the proof of its last decision and catches up by state transfer.
+    /// (The proxy keeps its next request seq: a restarted proxy must not
+    /// reuse seqs.)
+    pub fn restart(&mut self, env: &mut Env) {
+        assert!(!self.up);
+        let rec = self.disk.durable.recover();
+        let (mut store, mut clients, mut last, mut proof) = match &rec.checkpoint {
+            Some((info, blob)) => {
+                let c = control::checkpoint::decode(blob, &Limits::default(), usize::MAX)
+                    .expect("a durable checkpoint decodes");
+                assert_eq!(c.cid, info.cid);
+                self.stats.recovered_from_checkpoint += 1;
+                let store = kv::Store::restore(&c.app).expect("a durable kv snapshot decodes");
+                (store, c.clients, c.cid, c.proof)
+            }
+            None => (kv::Store::new(), ClientTable::default(), 0, None),
+        };
+        for (batch, p) in rec.decisions {
+            assert_eq!(p.cid, last + 1, "recovered decisions are consecutive");
+            for r in batch.requests() {
+                if clients.mark_executed(r.client, r.seq) {
+                    let _ = execute_request(&mut store, r, false);
+                }
+            }
+            self.stats.recovered_decisions += 1;
+            last = p.cid;
+            proof = Some(p);
+        }
+        self.core = Replica::new(self.cfg.clone(), rec.regency, last, proof, clients);
+        if let Some((info, blob)) = rec.checkpoint {
+            self.core.on_checkpoint(info, blob);
+        }
+        self.store = store;
+        self.verifier = Verifier::new(self.keyring.clone(), VERIFIER_CACHE);
+        self.up = true;
+        let state = self.store.state_digest();
+        env.checker
+            .on_restart(env.now, self.id, last, state, rec.regency);
+        let id = self.id;
+        let regency = rec.regency;
+        env.trace
+            .event(env.now, b'R', &[id.0 as u64, last, regency as u64], || {
+                format!("{id:?} RESTART at cid {last} regency {regency} state={state:?}")
+            });
+        // Ask the others whether it missed anything while down.
+        let mut out = Vec::new();
+        self.core.catch_up(&mut out);
+        self.carry_out(env, &mut out);
+    }
+}
+
+/// Executes one fresh request on `store`: its writes always, its reads
+/// only at the origin replica (`own`), which gets one result per command.
+/// An undecodable payload executes nothing.
+fn execute_request(
+    store: &mut kv::Store,
+    r: &Request,
+    own: bool,
+) -> Result<Vec<Result<kv::Response, kv::KvError>>, wire::DecodeError> {
+    let commands = kv::command::decode_batch(&r.payload, COMMANDS_PER_REQUEST_MAX)?;
+    Ok(commands
+        .iter()
+        .filter_map(|c| {
+            if c.is_read_only() {
+                own.then(|| store.execute_read_only(c))
+            } else {
+                let res = store.apply(c);
+                own.then_some(res)
+            }
+        })
+        .collect())
+}
