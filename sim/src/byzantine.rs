@@ -98,6 +98,15 @@ pub enum Behavior {
     LyingTransfer,
     /// Answers every FETCH with a batch of the wrong digest.
     WrongBatch,
+    /// A proof-backed out-of-order last decision in STOPDATA: it collects
+    /// the ACCEPTs it receives, and claims as its last decision the highest
+    /// cid it holds a valid proof of, above cids never decided (with
+    /// pipelining, cid X can be decided while X-1 is not), showing no
+    /// recent proofs and no open votes.
+    OutOfOrderProof,
+    /// Floods every replica with valid requests of its own client (fresh
+    /// seqs far ahead), far more than the pending pools hold.
+    RequestFlood,
 }
 
 impl Behavior {
@@ -115,6 +124,8 @@ impl Behavior {
         Behavior::FutureStops,
         Behavior::LyingTransfer,
         Behavior::WrongBatch,
+        Behavior::OutOfOrderProof,
+        Behavior::RequestFlood,
     ];
     /// Every behaviour.
     pub const FULL_POOL: &'static [Behavior] = &[
@@ -130,6 +141,8 @@ impl Behavior {
         Behavior::BadSync,
         Behavior::LyingTransfer,
         Behavior::WrongBatch,
+        Behavior::OutOfOrderProof,
+        Behavior::RequestFlood,
     ];
 
     /// Stable name for logs and summaries.
@@ -147,6 +160,8 @@ impl Behavior {
             Behavior::BadSync => "bad-sync",
             Behavior::LyingTransfer => "lying-transfer",
             Behavior::WrongBatch => "wrong-batch",
+            Behavior::OutOfOrderProof => "out-of-order-proof",
+            Behavior::RequestFlood => "request-flood",
         }
     }
 
@@ -180,6 +195,11 @@ impl Behavior {
             Behavior::BadSync => Box::new(BadSync::default()),
             Behavior::LyingTransfer => Box::new(LyingTransfer),
             Behavior::WrongBatch => Box::new(WrongBatch),
+            Behavior::OutOfOrderProof => Box::new(StopDataLies {
+                ooo_only: true,
+                ..StopDataLies::default()
+            }),
+            Behavior::RequestFlood => Box::new(RequestFlood),
         }
     }
 }
@@ -251,6 +271,10 @@ pub struct ByzStats {
     pub bad_syncs: u64,
     /// STATE_REPLYs and SNAPSHOT_CHUNKs twisted.
     pub transfer_lies: u64,
+    /// Junk SNAPSHOT_CHUNKs raced at a replica doing state transfer.
+    pub chunks_injected: u64,
+    /// Valid requests of its own client sent in floods.
+    pub flood_requests: u64,
     /// FETCHes answered with a batch of the wrong digest.
     pub wrong_batches: u64,
 }
@@ -598,8 +622,21 @@ fn stopdata(replica: ReplicaId, regency: Regency, last: Cid, digest: Digest, cid
             written: vec![(regency.saturating_sub(1), digest)],
             decided: None,
         }],
+        recent: vec![],
         signature: Signature::PENDING,
     }
+}
+
+/// A made-up manifest for a checkpoint body of `len` bytes (a few digests).
+fn junk_manifest(cx: &mut Cx<'_>, len: u64) -> Vec<Digest> {
+    let n = len.div_ceil(1024).clamp(1, 8);
+    (0..n)
+        .map(|_| {
+            let mut d = [0u8; 32];
+            d.iter_mut().for_each(|b| *b = cx.rng.range(0, 255) as u8);
+            Digest(d)
+        })
+        .collect()
 }
 
 /// A decision proof of `count` ACCEPTs (replicas 0..count) all signed by
@@ -812,6 +849,12 @@ pub struct StopDataLies {
     proofs: VecDeque<DecisionProof>,
     /// Only the misfiled-proof lie ([`Behavior::MisfiledProof`]).
     misfile_only: bool,
+    /// Only the out-of-order proof lie ([`Behavior::OutOfOrderProof`]).
+    ooo_only: bool,
+    /// ACCEPTs received, per (regency, cid, digest), by replica.
+    accepts: BTreeMap<(Regency, Cid, Digest), BTreeMap<ReplicaId, wire::Accept>>,
+    /// Decision proofs assembled from them, by cid (bounded).
+    assembled: BTreeMap<Cid, DecisionProof>,
 }
 
 impl StopDataLies {
@@ -830,8 +873,10 @@ impl StopDataLies {
         let first_open = sd.last_decided + 1;
         let lie = if self.misfile_only {
             5
+        } else if self.ooo_only {
+            6
         } else {
-            cx.rng.index(6)
+            cx.rng.index(7)
         };
         match lie {
             // A value it never saw, accepted and written at the previous
@@ -901,6 +946,18 @@ impl StopDataLies {
                 sd.last_decided_proof = None;
                 sd.open.clear();
             }
+            // A real proof of a cid above its last decision (decided while
+            // a lower cid may not be) as its last decision, hiding what it
+            // knows below.
+            6 => {
+                if let Some((_, p)) = self.assembled.range(sd.last_decided + 1..).next_back() {
+                    cx.stats.stop_lies += 1;
+                    sd.last_decided = p.cid;
+                    sd.last_decided_proof = Some(p.clone());
+                    sd.open.retain(|o| o.cid > p.cid);
+                    sd.recent.clear();
+                }
+            }
             // A real decision proof of its last decided cid filed under the
             // first open cid (colluders then serve that batch to FETCHes).
             _ => match sd.last_decided_proof.clone() {
@@ -924,8 +981,36 @@ impl StopDataLies {
         }
         sd.open.sort_by_key(|o| o.cid);
         sd.open.dedup_by_key(|o| o.cid);
+        sd.recent.retain(|p| p.cid < sd.last_decided);
         sd.signature = Signature::PENDING;
         sd
+    }
+
+    /// Keeps a received ACCEPT; a Byzantine quorum of them for one value
+    /// is a valid decision proof, whether or not lower cids are decided.
+    fn collect_accept(&mut self, cx: &Cx<'_>, msg: &Message) {
+        const KEYS_MAX: usize = 256;
+        let Message::Accept(a) = msg else {
+            return;
+        };
+        let key = (a.regency, a.cid, a.digest);
+        if !self.accepts.contains_key(&key) && self.accepts.len() >= KEYS_MAX {
+            self.accepts.pop_first();
+        }
+        let votes = self.accepts.entry(key).or_default();
+        votes.insert(a.replica, a.clone());
+        let quorum = (cx.n + cx.f) / 2 + 1;
+        if votes.len() >= quorum && !self.assembled.contains_key(&a.cid) {
+            let proof = DecisionProof {
+                cid: a.cid,
+                digest: a.digest,
+                accepts: votes.values().take(quorum).cloned().collect(),
+            };
+            if self.assembled.len() >= Self::PROOFS_MAX {
+                self.assembled.pop_first();
+            }
+            self.assembled.insert(a.cid, proof);
+        }
     }
 }
 
@@ -951,8 +1036,31 @@ impl Middleware for StopDataLies {
         emit: &mut Vec<Emit>,
     ) -> Option<Message> {
         cx.remember_batches(&msg);
+        self.collect_accept(cx, &msg);
         answer_misfiled(cx, &msg, emit);
         Some(msg)
+    }
+}
+
+/// [`Behavior::RequestFlood`].
+pub struct RequestFlood;
+
+impl RequestFlood {
+    /// Requests in one burst, to every other replica.
+    const BURST: usize = 32;
+}
+
+impl Middleware for RequestFlood {
+    fn outgoing(&mut self, cx: &mut Cx<'_>, to: ReplicaId, msg: Message, emit: &mut Vec<Emit>) {
+        // A burst now and then (bounded by the traffic it rides on).
+        if cx.rng.chance_ppm(100_000) {
+            for _ in 0..Self::BURST {
+                let r = cx.junk_request("flood");
+                cx.stats.flood_requests += 1;
+                cx.emit(to, Message::Request(r), emit);
+            }
+        }
+        cx.pass(to, msg, emit);
     }
 }
 
@@ -1162,6 +1270,45 @@ impl LyingTransfer {
         r
     }
 
+    /// Junk chunks of checkpoint `c` for `to`: the manifest chunk and a
+    /// few later ones, at chunk sizes a cluster may use.
+    fn inject_chunks(
+        cx: &mut Cx<'_>,
+        to: ReplicaId,
+        c: wire::CheckpointInfo,
+        emit: &mut Vec<Emit>,
+    ) {
+        for chunk in [1024u64, wire::transfer::CHUNK_BYTES_MAX as u64] {
+            for k in 0..3u64 {
+                let offset = k * chunk;
+                if offset >= c.len.max(1) {
+                    break;
+                }
+                let len = (c.len - offset).min(chunk).min(4096) as usize;
+                cx.stats.chunks_injected += 1;
+                let bytes = (0..len).map(|_| cx.rng.range(0, 255) as u8).collect();
+                let hashes = if offset == 0 {
+                    junk_manifest(cx, c.len)
+                } else {
+                    Vec::new()
+                };
+                cx.emit(
+                    to,
+                    Message::SnapshotChunk(SnapshotChunk {
+                        replica: cx.me,
+                        cid: c.cid,
+                        total: c.len,
+                        offset,
+                        bytes,
+                        hashes,
+                        proof: None,
+                    }),
+                    emit,
+                );
+            }
+        }
+    }
+
     fn twist_chunk(cx: &mut Cx<'_>, mut c: SnapshotChunk) -> SnapshotChunk {
         match cx.rng.index(3) {
             0 if !c.bytes.is_empty() => {
@@ -1180,6 +1327,12 @@ impl Middleware for LyingTransfer {
         let msg = match msg {
             Message::StateReply(r) => {
                 cx.stats.transfer_lies += 1;
+                if let Some(c) = r.checkpoint {
+                    // Chunk injection: race junk chunks of the checkpoint
+                    // it reports at the replica that asked, before that
+                    // replica asks anyone for them.
+                    Self::inject_chunks(cx, to, c, emit);
+                }
                 Message::StateReply(Self::twist_reply(cx, r))
             }
             Message::SnapshotChunk(c) if cx.rng.coin() => {
@@ -1210,13 +1363,17 @@ impl Middleware for LyingTransfer {
                     let len = (c.len - offset).min(1024) as usize;
                     let bytes = (0..len).map(|_| cx.rng.range(0, 255) as u8).collect();
                     cx.stats.transfer_lies += 1;
+                    let manifest = junk_manifest(cx, c.len);
                     cx.emit(
                         *replica,
                         Message::SnapshotChunk(SnapshotChunk {
+                            replica: cx.me,
                             cid: *cid,
                             total: c.len,
                             offset: *offset,
                             bytes,
+                            hashes: if *offset == 0 { manifest } else { Vec::new() },
+                            proof: None,
                         }),
                         emit,
                     );

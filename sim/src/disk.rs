@@ -1,59 +1,37 @@
-//! The fake disk and the recovery seam: a write-ahead log with the
-//! contract of `crates/storage`.
+//! The fake disk: a write-ahead log with the contract of `crates/storage`,
+//! holding the real `storage::Record`s.
 //!
-//! Every write is a [`Record`] (PROPOSAL, DECISION, REGENCY, CHECKPOINT, as
-//! `storage::Record`). Writes become durable in the order they were made
-//! (group commit: a later write is never durable before an earlier one),
-//! each after a seeded delay; a crash loses every write not yet durable.
-//! - PROPOSAL: a batch the replica will vote for. Control sends its ACCEPT
-//!   only after [`Disk::pop_due`] hands back the acknowledgement.
-//! - DECISION: written when the host executes a decision (batch + proof).
-//! - REGENCY: written when the core installs or adopts a regency.
-//! - CHECKPOINT: the blob of a checkpoint the host took, or one state
-//!   transfer installed. The newest two are kept, and the log reaches back
-//!   to the older one (as `Storage::truncate_through`).
+//! The host hands it the same [`DiskJob`]s the bftd storage thread gets,
+//! turned into records by the same `node::LogWriter`. Writes become durable
+//! in the order they were made (group commit: a later write is never
+//! durable before an earlier one), each after a seeded delay; a crash
+//! loses every write not yet durable. Proposals and regencies are
+//! acknowledged to the core ([`Ack`]) once durable.
 //!
-//! [`Durable::recover`] is what a restarting replica reads: its newest
-//! durable checkpoint and the consecutive durable decisions after it.
+//! Checkpoints: the newest two are kept, and the log reaches back to the
+//! older one (as `Storage::truncate_through`). [`Durable::recover`] gives
+//! what `Storage::open` gives a restarting bftd — a `storage::Recovered` —
+//! and the host restarts through `node::restore`, the production path.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
-use wire::{Batch, CheckpointInfo, Cid, DecisionProof, Digest, Regency};
+use node::{Ack, DiskJob, LogWriter};
+use storage::Record;
+use wire::{Cid, Regency};
 
 use crate::rng::Prng;
 
 /// Checkpoints kept on the durable disk (as `storage`).
 pub const CHECKPOINTS_KEPT: usize = 2;
 
-/// One write-ahead log entry.
+/// One write in flight.
 #[derive(Debug, Clone)]
-pub enum Record {
-    /// A proposal the replica will vote for (durable before its ACCEPT).
-    Proposal {
-        /// Instance.
-        cid: Cid,
-        /// Regency of the proposal.
-        regency: Regency,
-        /// Digest of the batch (what the core's acknowledgement names).
-        digest: Digest,
-    },
-    /// An executed decision.
-    Decision {
-        /// The decided batch.
-        batch: Arc<Batch>,
-        /// Its decision proof (names the cid).
-        proof: DecisionProof,
-    },
-    /// A regency the replica entered.
-    Regency(Regency),
-    /// A checkpoint blob (`control::checkpoint` layout).
-    Checkpoint {
-        /// Its cid, digest and length.
-        info: CheckpointInfo,
-        /// The blob.
-        blob: Arc<Vec<u8>>,
-    },
+enum Write {
+    /// Log records, and the acknowledgement owed once they are durable.
+    Records(Vec<Record>, Option<Ack>),
+    /// A checkpoint file.
+    Checkpoint { cid: Cid, blob: Arc<Vec<u8>> },
 }
 
 /// What survives a crash: the durable part of the log.
@@ -61,66 +39,71 @@ pub enum Record {
 pub struct Durable {
     /// Highest regency durably entered.
     pub regency: Regency,
-    /// Newest checkpoints, oldest first (at most [`CHECKPOINTS_KEPT`]).
-    pub checkpoints: VecDeque<(CheckpointInfo, Arc<Vec<u8>>)>,
-    /// Durable decisions by cid, from the older kept checkpoint on.
-    pub decisions: BTreeMap<Cid, (Arc<Batch>, DecisionProof)>,
-    /// Durable proposals (kept for the trace and counters only: the
-    /// control core cannot take open instances back at restart).
+    /// Newest checkpoints (cid, blob), oldest first (at most
+    /// [`CHECKPOINTS_KEPT`]).
+    pub checkpoints: VecDeque<(Cid, Arc<Vec<u8>>)>,
+    /// The log from the older kept checkpoint on, in write order.
+    pub records: Vec<Record>,
+    /// Durable proposals (for the counters).
     pub proposals: u64,
 }
 
-/// What a restart reads back.
-#[derive(Debug, Clone)]
-pub struct Recovered {
-    /// Regency to restart in.
-    pub regency: Regency,
-    /// The newest durable checkpoint.
-    pub checkpoint: Option<(CheckpointInfo, Arc<Vec<u8>>)>,
-    /// The durable decisions after it, consecutive, ascending.
-    pub decisions: Vec<(Arc<Batch>, DecisionProof)>,
-}
-
 impl Durable {
-    fn apply(&mut self, r: Record) {
-        match r {
-            Record::Proposal { .. } => self.proposals += 1,
-            Record::Decision { batch, proof } => {
-                self.decisions.insert(proof.cid, (batch, proof));
+    fn apply(&mut self, w: Write) {
+        match w {
+            Write::Records(records, _) => {
+                for r in records {
+                    match &r {
+                        Record::Proposal { .. } => self.proposals += 1,
+                        Record::Regency { regency } => self.regency = self.regency.max(*regency),
+                        _ => {}
+                    }
+                    self.records.push(r);
+                }
             }
-            Record::Regency(g) => self.regency = self.regency.max(g),
-            Record::Checkpoint { info, blob } => {
-                if self
-                    .checkpoints
-                    .back()
-                    .is_some_and(|(c, _)| c.cid >= info.cid)
-                {
+            Write::Checkpoint { cid, blob } => {
+                if self.checkpoints.back().is_some_and(|(c, _)| *c >= cid) {
                     return;
                 }
-                self.checkpoints.push_back((info, blob));
+                self.checkpoints.push_back((cid, blob));
                 while self.checkpoints.len() > CHECKPOINTS_KEPT {
                     self.checkpoints.pop_front();
                 }
-                let floor = self.checkpoints.front().map_or(0, |(c, _)| c.cid);
-                self.decisions = self.decisions.split_off(&(floor + 1));
+                let floor = self.checkpoints.front().map_or(0, |(c, _)| *c);
+                self.records.retain(|r| r.cid().is_none_or(|c| c > floor));
             }
         }
     }
 
-    /// The newest checkpoint and the consecutive decisions after it.
-    pub fn recover(&self) -> Recovered {
-        let checkpoint = self.checkpoints.back().cloned();
-        let mut next = checkpoint.as_ref().map_or(0, |(c, _)| c.cid) + 1;
-        let mut decisions = Vec::new();
-        while let Some((b, p)) = self.decisions.get(&next) {
-            decisions.push((b.clone(), p.clone()));
-            next += 1;
-        }
-        Recovered {
-            regency: self.regency,
+    /// What `Storage::open` would hand a restarting replica: the newest
+    /// checkpoint, and the records above it (every REGENCY record).
+    pub fn recover(&self) -> storage::Recovered {
+        let checkpoint = self
+            .checkpoints
+            .back()
+            .map(|(cid, blob)| storage::Checkpoint {
+                cid: *cid,
+                digest: wire::hash::digest(blob),
+                snapshot: blob.to_vec(),
+            });
+        let floor = checkpoint.as_ref().map_or(0, |c| c.cid);
+        storage::Recovered {
             checkpoint,
-            decisions,
+            records: self
+                .records
+                .iter()
+                .filter(|r| r.cid().is_none_or(|c| c > floor))
+                .cloned()
+                .collect(),
+            regency: self.regency,
+            truncated_tail_bytes: 0,
+            warnings: Vec::new(),
         }
+    }
+
+    /// The floor of the log (the older kept checkpoint's cid).
+    fn floor(&self) -> Cid {
+        self.checkpoints.front().map_or(0, |(c, _)| *c)
     }
 }
 
@@ -130,7 +113,8 @@ pub struct Disk {
     rng: Prng,
     /// Writes in flight, in write order, with their (non-decreasing)
     /// durability ticks.
-    pending: VecDeque<(u64, Record)>,
+    pending: VecDeque<(u64, Write)>,
+    writer: LogWriter,
     /// The durable log.
     pub durable: Durable,
     /// Writes made durable.
@@ -146,6 +130,7 @@ impl Disk {
             ack_delay_max_ticks,
             rng,
             pending: VecDeque::new(),
+            writer: LogWriter::new(0),
             durable: Durable::default(),
             acked: 0,
             lost: 0,
@@ -153,54 +138,75 @@ impl Disk {
     }
 
     /// Starts a write; durable after a delay, never before earlier writes.
-    pub fn write(&mut self, now: u64, r: Record) {
+    pub fn write(&mut self, now: u64, job: DiskJob) {
+        let ack = job.ack();
+        let w = match &job {
+            DiskJob::Checkpoint { cid, blob } | DiskJob::Installed { cid, blob } => {
+                Write::Checkpoint {
+                    cid: *cid,
+                    blob: blob.clone(),
+                }
+            }
+            _ => Write::Records(self.writer.records(&job), ack),
+        };
         let after = self.pending.back().map_or(0, |(t, _)| *t);
         let due = (now + self.rng.range(0, self.ack_delay_max_ticks)).max(after);
-        self.pending.push_back((due, r));
+        self.pending.push_back((due, w));
     }
 
-    /// Makes the writes due at `now` durable; returns the next proposal
-    /// among them to acknowledge to the core, in write order.
-    pub fn pop_due(&mut self, now: u64) -> Option<(Cid, Digest)> {
+    /// Makes the writes due at `now` durable; returns the acknowledgements
+    /// among them, in write order.
+    pub fn pop_due(&mut self, now: u64) -> Vec<Ack> {
+        let mut acks = Vec::new();
         while self.pending.front().is_some_and(|(t, _)| *t <= now) {
-            let (_, r) = self.pending.pop_front().expect("checked");
+            let (_, w) = self.pending.pop_front().expect("checked");
             self.acked += 1;
-            let ack = match &r {
-                Record::Proposal { cid, digest, .. } => Some((*cid, *digest)),
-                _ => None,
-            };
-            self.durable.apply(r);
-            if ack.is_some() {
-                return ack;
+            if let Write::Records(_, Some(a)) = &w {
+                acks.push(*a);
+            }
+            let truncates = matches!(w, Write::Checkpoint { .. });
+            self.durable.apply(w);
+            if truncates {
+                self.writer.truncated(self.durable.floor());
             }
         }
-        None
+        acks
     }
 
-    /// A crash: writes not yet durable are gone.
+    /// A crash: writes not yet durable are gone; the writer's memory of
+    /// what is logged restarts from nothing (as a restarted process's).
     pub fn crash(&mut self) {
         self.lost += self.pending.len() as u64;
         self.pending.clear();
+        self.writer = LogWriter::new(self.durable.regency);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use wire::{Batch, DecisionProof};
 
-    fn proof(cid: Cid) -> DecisionProof {
-        DecisionProof {
-            cid,
-            digest: Digest::ZERO,
-            accepts: vec![],
+    fn decision(cid: Cid) -> DiskJob {
+        let batch = Arc::new(Batch::new(vec![]));
+        DiskJob::Decision {
+            proof: DecisionProof {
+                cid,
+                digest: batch.digest(),
+                accepts: vec![],
+            },
+            batch,
         }
     }
 
-    fn decision(cid: Cid) -> Record {
-        Record::Decision {
-            batch: Arc::new(Batch::new(vec![])),
-            proof: proof(cid),
-        }
+    fn decided(d: &Durable) -> Vec<Cid> {
+        d.records
+            .iter()
+            .filter_map(|r| match r {
+                Record::Decision { cid, .. } => Some(*cid),
+                _ => None,
+            })
+            .collect()
     }
 
     #[test]
@@ -210,46 +216,72 @@ mod tests {
             d.write(cid, decision(cid));
         }
         d.pop_due(12);
-        let durable: Vec<Cid> = d.durable.decisions.keys().copied().collect();
+        let durable = decided(&d.durable);
         // A prefix, whatever the delays.
         assert_eq!(durable, (1..=durable.len() as u64).collect::<Vec<_>>());
         d.crash();
         d.pop_due(1000);
-        assert_eq!(d.durable.decisions.len(), durable.len());
+        assert_eq!(decided(&d.durable), durable);
         assert_eq!(d.acked + d.lost, 20);
     }
 
     #[test]
-    fn recovery_starts_at_the_newest_checkpoint_and_stops_at_a_gap() {
-        let mut d = Durable::default();
+    fn proposals_and_regencies_are_acknowledged_once_durable() {
+        let mut d = Disk::new(0, Prng::new(1));
+        let batch = Arc::new(Batch::new(vec![]));
+        d.write(
+            0,
+            DiskJob::Proposal {
+                cid: 1,
+                regency: 0,
+                batch: batch.clone(),
+            },
+        );
+        d.write(0, DiskJob::Regency(1));
+        d.write(0, decision(1));
+        assert_eq!(
+            d.pop_due(0),
+            vec![Ack::Proposal(1, batch.digest()), Ack::Regency(1)]
+        );
+        assert_eq!(d.durable.regency, 1);
+    }
+
+    #[test]
+    fn recovery_starts_at_the_newest_checkpoint() {
+        let mut d = Disk::new(0, Prng::new(1));
         for cid in 1..=9 {
-            d.apply(decision(cid));
+            d.write(0, decision(cid));
         }
-        d.apply(decision(11));
-        let info = |cid| CheckpointInfo {
+        let ck = |cid| DiskJob::Checkpoint {
             cid,
-            digest: Digest::ZERO,
-            len: 0,
+            blob: Arc::new(vec![cid as u8]),
         };
-        d.apply(Record::Checkpoint {
-            info: info(4),
-            blob: Arc::new(vec![]),
-        });
-        let r = d.recover();
-        assert_eq!(r.checkpoint.unwrap().0.cid, 4);
-        let cids: Vec<Cid> = r.decisions.iter().map(|(_, p)| p.cid).collect();
+        d.write(0, ck(4));
+        d.pop_due(0);
+        let r = d.durable.recover();
+        assert_eq!(r.checkpoint.unwrap().cid, 4);
+        let cids: Vec<Cid> = r
+            .records
+            .iter()
+            .filter_map(|r| r.cid())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
         assert_eq!(cids, vec![5, 6, 7, 8, 9]);
         // Two newer checkpoints: the log is cut back to the older kept one.
-        d.apply(Record::Checkpoint {
-            info: info(6),
-            blob: Arc::new(vec![]),
-        });
-        d.apply(Record::Checkpoint {
-            info: info(8),
-            blob: Arc::new(vec![]),
-        });
-        assert_eq!(d.checkpoints.len(), CHECKPOINTS_KEPT);
-        assert_eq!(d.decisions.keys().next(), Some(&7));
-        assert_eq!(d.recover().decisions.len(), 1);
+        d.write(0, ck(6));
+        d.write(0, ck(8));
+        d.pop_due(0);
+        assert_eq!(d.durable.checkpoints.len(), CHECKPOINTS_KEPT);
+        assert_eq!(decided(&d.durable), vec![7, 8, 9]);
+        assert_eq!(
+            d.durable
+                .recover()
+                .records
+                .iter()
+                .filter(|r| matches!(r, Record::Decision { .. }))
+                .count(),
+            1
+        );
     }
 }

@@ -2,29 +2,33 @@
 //! wired as the bftd process wires them (control loop, executor, proxy),
 //! over the fake network and disk, with its [`Middleware`] at the edge.
 //!
-//! [`Host::carry_out`] is the ONE place where the core's [`Output`]s are
-//! carried out. A new `Output` kind is a compile error there, to be handled
-//! on purpose (never guessed).
+//! The core's [`Output`]s are carried out by `node::carry_out`, the same
+//! code the bftd control thread runs; this host is its network, disk and
+//! executor ([`SimIo`]).
 //!
-//! Durability follows `crates/storage`'s contract through [`Disk`]:
-//! proposals are durable before the core may ACCEPT them, decisions,
-//! regencies and checkpoints are written as they happen; a crash loses
-//! what is not yet durable, and [`Host::restart`] rebuilds the replica
-//! from its newest durable checkpoint plus the durable decisions after it.
+//! Durability follows `crates/storage`'s contract through [`Disk`], which
+//! keeps the real `storage::Record`s: proposals and regencies are durable
+//! before the core acts on them, decisions and checkpoints are written as
+//! they happen; a crash loses what is not yet durable, and
+//! [`Host::restart`] rebuilds the replica with `node::restore`, the
+//! production restart path (checkpoint, decisions replayed, votes of open
+//! instances recovered).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
+use control::checkpoint::Prepared;
 use control::{ClientTable, Config, Decision, Output, Replica, Target};
 use kv::Command;
+use node::DiskJob;
 use wire::{
-    CheckpointInfo, ClientId, Keyring, Limits, Message, ReplicaId, Request, Signature, Signer,
-    Verified, Verifier,
+    CheckpointInfo, ClientId, Keyring, Limits, Message, Regency, ReplicaId, Request, Signature,
+    Signer, Verified, Verifier,
 };
 
 use crate::byzantine::{Behavior, ByzStats, Cx, Emit, Honest, Middleware};
 use crate::diagnosis::Watch;
-use crate::disk::{Disk, Record};
+use crate::disk::Disk;
 use crate::network::Packet;
 use crate::rng::Prng;
 use crate::trace::{describe, message_words};
@@ -35,8 +39,6 @@ use crate::world::Env;
 pub const COMMANDS_PER_REQUEST_MAX: usize = 64;
 /// Capacity of each verifier's cache of verified request digests.
 const VERIFIER_CACHE: usize = 1024;
-/// Bound on own-copy rounds while carrying out one input's outputs.
-const CARRY_OUT_ROUNDS_MAX: usize = 100_000;
 
 /// The replica as the proxy of its etcd clients: queues their operations,
 /// bundles them into signed requests, keeps the callers until the executor
@@ -99,6 +101,8 @@ pub struct HostStats {
     pub recovered_decisions: u64,
     /// Restarts that began from a durable checkpoint.
     pub recovered_from_checkpoint: u64,
+    /// Votes of open instances recovered from the durable log at restarts.
+    pub recovered_votes: u64,
     /// Client operations whose outcome this replica cannot report: their
     /// requests executed in cids a checkpoint installation skipped.
     pub ops_indeterminate: u64,
@@ -116,7 +120,14 @@ pub struct Host {
     pub behavior: Option<Behavior>,
     cfg: Config,
     /// The real consensus core.
-    pub core: Replica,
+    pub core: Box<Replica>,
+    /// Stands in for `core` while `node::carry_out` borrows it (never used).
+    spare: Option<Box<Replica>>,
+    /// What the middleware sees of the core (refreshed before it acts).
+    view: View,
+    /// Checkpoints the executor took during the current carry-out, reported
+    /// to the core after it (as bftd's executor reports them).
+    taken: Vec<Prepared>,
     /// The real kv store (decided state).
     pub store: kv::Store,
     signer: Signer,
@@ -155,10 +166,14 @@ impl Host {
             || Box::new(Honest) as Box<dyn Middleware>,
             |b| b.middleware(),
         );
+        let core = Box::new(Replica::start(cfg.clone()));
         Self {
             id: cfg.me,
             behavior,
-            core: Replica::start(cfg.clone()),
+            view: View::of(&core),
+            core,
+            spare: Some(Box::new(Replica::start(cfg.clone()))),
+            taken: Vec::new(),
             cfg,
             store: kv::Store::new(),
             signer,
@@ -207,6 +222,7 @@ impl Host {
             let signed = self.signer.sign_request(request);
             self.stats.requests_sent += 1;
             let msg = Message::Request(signed.get().clone());
+            self.view = View::of(&self.core);
             for to in self.others() {
                 self.emit(env, to, msg.clone());
             }
@@ -226,7 +242,7 @@ impl Host {
     /// The middleware's context, from disjoint borrows of the host.
     fn cx<'a>(
         now: u64,
-        core: &Replica,
+        core: &View,
         cluster_id: u64,
         signer: &'a Signer,
         rng: &'a mut Prng,
@@ -235,13 +251,13 @@ impl Host {
     ) -> Cx<'a> {
         Cx {
             now,
-            me: core.id(),
-            n: core.config().n,
-            f: core.config().f(),
+            me: core.me,
+            n: core.n,
+            f: core.f,
             cluster_id,
-            leader: core.leader(),
-            regency: core.regency(),
-            last_decided: core.last_decided(),
+            leader: core.leader,
+            regency: core.regency,
+            last_decided: core.last_decided,
             signer,
             rng,
             board,
@@ -254,7 +270,7 @@ impl Host {
         let mut emits: Vec<Emit> = Vec::with_capacity(1);
         let mut cx = Self::cx(
             env.now,
-            &self.core,
+            &self.view,
             self.keyring.cluster_id(),
             &self.signer,
             &mut self.byz_rng,
@@ -296,70 +312,40 @@ impl Host {
         }
     }
 
-    /// Carries out the core's outputs until none are left, feeding this
-    /// replica's own copies of its messages straight back to its core (as
-    /// the control thread does). THE match over [`Output`].
+    /// Carries out the core's outputs until none are left
+    /// (`node::carry_out`, as the bftd control thread), then reports the
+    /// checkpoints taken meanwhile to the core.
     pub fn carry_out(&mut self, env: &mut Env, out: &mut Vec<Output>) {
-        let mut own: VecDeque<Verified<Message>> = VecDeque::new();
-        for _round in 0..CARRY_OUT_ROUNDS_MAX {
-            for o in std::mem::take(out) {
-                match o {
-                    Output::Send { to, msg } => {
-                        self.watch.on_send(env.now, &msg);
-                        let signed = self.signer.sign(msg);
-                        match to {
-                            Target::All => {
-                                for r in self.others().collect::<Vec<_>>() {
-                                    self.emit(env, r, signed.get().clone());
-                                }
-                                own.push_back(signed);
-                            }
-                            Target::One(r) if r == self.id => own.push_back(signed),
-                            Target::One(r) => self.emit(env, r, signed.into_inner()),
-                        }
-                    }
-                    Output::Persist {
-                        cid,
-                        regency,
-                        batch,
-                    } => {
-                        let digest = batch.digest();
-                        self.disk.write(
-                            env.now,
-                            Record::Proposal {
-                                cid,
-                                regency,
-                                digest,
-                            },
-                        );
-                    }
-                    Output::Deliver(d) => self.execute(env, d),
-                    Output::Regency { regency, leader } => self.on_regency(env, regency, leader),
-                    Output::InstallCheckpoint { info, blob, app } => {
-                        self.install(env, info, blob, &app)
-                    }
-                }
-            }
-            match own.pop_front() {
-                Some(m) => self.core.on_message(m, out),
-                None if out.is_empty() => return,
-                None => {}
-            }
-        }
-        panic!(
-            "{:?}: outputs did not settle after {CARRY_OUT_ROUNDS_MAX} rounds",
-            self.id
+        let spare = self.spare.take().expect("carry_out is not re-entered");
+        let mut core = std::mem::replace(&mut self.core, spare);
+        let (mut work, mut own) = (Vec::new(), VecDeque::new());
+        let done = node::carry_out(
+            &mut core,
+            &mut SimIo { host: self, env },
+            out,
+            &mut work,
+            &mut own,
         );
+        match done {
+            Ok(()) => {}
+            Err(never) => match never {},
+        }
+        for p in self.taken.drain(..) {
+            core.on_checkpoint(p);
+        }
+        self.spare = Some(std::mem::replace(&mut self.core, core));
+        self.view = View::of(&self.core);
     }
 
     /// Messages arriving this tick: middleware, batch verification, core.
     pub fn receive(&mut self, env: &mut Env, packets: Vec<Packet>) {
+        self.view = View::of(&self.core);
         let mut items = Vec::with_capacity(packets.len());
         let mut emits = Vec::new();
         for p in packets {
             let mut cx = Self::cx(
                 env.now,
-                &self.core,
+                &self.view,
                 self.keyring.cluster_id(),
                 &self.signer,
                 &mut self.byz_rng,
@@ -402,16 +388,20 @@ impl Host {
         }
     }
 
-    /// Acknowledges the proposals durable now (and carries out what they
-    /// cause).
+    /// Acknowledges the proposals and regencies durable now (and carries
+    /// out what they cause).
     pub fn disk_step(&mut self, env: &mut Env) {
         let mut out = Vec::new();
-        while let Some((cid, digest)) = self.disk.pop_due(env.now) {
+        for ack in self.disk.pop_due(env.now) {
             let me = self.id;
-            env.trace.event(env.now, b'p', &[me.0 as u64, cid], || {
-                format!("{me:?} persisted cid={cid} {digest:?}")
+            let (what, x) = match ack {
+                node::Ack::Proposal(cid, _) => ("proposal cid", cid),
+                node::Ack::Regency(r) => ("regency", r as u64),
+            };
+            env.trace.event(env.now, b'p', &[me.0 as u64, x], || {
+                format!("{me:?} persisted {what}={x}")
             });
-            self.core.on_persisted(cid, digest, &mut out);
+            ack.apply(&mut self.core, &mut out);
             self.carry_out(env, &mut out);
         }
     }
@@ -427,7 +417,7 @@ impl Host {
     /// executor does (writes everywhere, reads only at the origin replica),
     /// answers this replica's clients, takes the checkpoint the decision
     /// asks for, and reports to the checker.
-    fn execute(&mut self, env: &mut Env, d: Decision) {
+    fn execute(&mut self, env: &mut Env, core: &Replica, d: Decision) {
         let me = ClientId::of_replica(self.id);
         for r in d.fresh_requests() {
             let own = r.client == me;
@@ -436,7 +426,7 @@ impl Host {
             } else {
                 None
             };
-            let results = execute_request(&mut self.store, r, own);
+            let results = node::execute_request(&mut self.store, r, own, COMMANDS_PER_REQUEST_MAX);
             match (callers, results) {
                 (Some(callers), Ok(results)) => {
                     assert_eq!(
@@ -475,34 +465,33 @@ impl Host {
         );
         env.checker.on_deliver(env.now, self.id, &d, state);
         assert!(
-            self.core.last_decided() >= d.cid,
+            core.last_decided() >= d.cid,
             "the core delivers only decided cids"
-        );
-        self.disk.write(
-            env.now,
-            Record::Decision {
-                batch: d.batch.clone(),
-                proof: d.proof.clone(),
-            },
         );
         if let Some(clients) = &d.checkpoint {
             self.take_checkpoint(env, &d, clients);
         }
     }
 
-    /// A checkpoint after `d`: the blob, its digest to the core (to serve
-    /// state transfer), the blob to the disk.
+    /// A checkpoint after `d` (`node::take_checkpoint`, as bftd's
+    /// executor): the blob to the disk, the prepared checkpoint to the core
+    /// once the carry-out is done.
     fn take_checkpoint(&mut self, env: &mut Env, d: &Decision, clients: &ClientTable) {
-        let blob =
-            control::checkpoint::encode(d.cid, Some(&d.proof), clients, &self.store.snapshot());
-        let info = CheckpointInfo {
-            cid: d.cid,
-            digest: control::checkpoint::digest(&blob).expect("a blob made by checkpoint::encode"),
-            len: blob.len() as u64,
-        };
-        let blob = Arc::new(blob);
-        self.core.on_checkpoint(info, blob.clone());
-        self.disk.write(env.now, Record::Checkpoint { info, blob });
+        let p = node::take_checkpoint(
+            &self.store.snapshot(),
+            d,
+            clients,
+            self.cfg.snapshot_chunk_bytes,
+        );
+        let info = p.info;
+        self.disk.write(
+            env.now,
+            DiskJob::Checkpoint {
+                cid: info.cid,
+                blob: p.blob.clone(),
+            },
+        );
+        self.taken.push(p);
         self.stats.checkpoints_taken += 1;
         env.checker.on_checkpoint(self.id, info.cid, info.digest);
         let id = self.id;
@@ -517,7 +506,6 @@ impl Host {
 
     fn on_regency(&mut self, env: &mut Env, regency: wire::Regency, leader: ReplicaId) {
         self.stats.regencies += 1;
-        self.disk.write(env.now, Record::Regency(regency));
         env.checker.on_regency(env.now, self.id, regency, leader);
         let id = self.id;
         env.trace
@@ -531,7 +519,7 @@ impl Host {
     /// requests executed in the cids it skips never get a Deliver here:
     /// their callers cannot be told the outcome (as an etcd client whose
     /// connection broke), so they are abandoned.
-    fn install(&mut self, env: &mut Env, info: CheckpointInfo, blob: Arc<Vec<u8>>, app: &[u8]) {
+    fn install(&mut self, env: &mut Env, info: CheckpointInfo, app: &[u8], clients: &ClientTable) {
         self.store = match kv::Store::restore(app) {
             Ok(s) => s,
             Err(e) => panic!(
@@ -539,9 +527,6 @@ impl Host {
                 self.id, info.cid
             ),
         };
-        let ckpt = control::checkpoint::decode(&blob, &Limits::default(), usize::MAX)
-            .expect("control installs only checkpoints it decoded");
-        self.disk.write(env.now, Record::Checkpoint { info, blob });
         self.stats.checkpoints_installed += 1;
         let state = self.store.state_digest();
         env.checker.on_install(env.now, self.id, info.cid, state);
@@ -551,7 +536,7 @@ impl Host {
             .outstanding
             .keys()
             .copied()
-            .filter(|&seq| ckpt.clients.is_executed(me, seq))
+            .filter(|&seq| clients.is_executed(me, seq))
             .collect();
         for seq in skipped {
             for (client, op) in self.proxy.outstanding.remove(&seq).expect("listed") {
@@ -584,48 +569,37 @@ impl Host {
             .event(env.now, b'c', &[id.0 as u64], || format!("{id:?} CRASH"));
     }
 
-    /// Restarts from the durable log: the newest durable checkpoint, then
-    /// the durable decisions after it, re-executed; the core resumes with
-    /// the proof of its last decision and catches up by state transfer.
-    /// (The proxy keeps its next request seq: a restarted proxy must not
-    /// reuse seqs.)
+    /// Restarts from the durable log through `node::restore` (the bftd
+    /// restart path): the newest durable checkpoint, the durable decisions
+    /// after it re-executed, the votes of open instances given back to the
+    /// core; then the core catches up by state transfer. (The proxy keeps
+    /// its next request seq: a restarted proxy must not reuse seqs.)
     pub fn restart(&mut self, env: &mut Env) {
         assert!(!self.up);
         let rec = self.disk.durable.recover();
-        let (mut store, mut clients, mut last, mut proof) = match &rec.checkpoint {
-            Some((info, blob)) => {
-                let c = control::checkpoint::decode(blob, &Limits::default(), usize::MAX)
-                    .expect("a durable checkpoint decodes");
-                assert_eq!(c.cid, info.cid);
-                self.stats.recovered_from_checkpoint += 1;
-                let store = kv::Store::restore(&c.app).expect("a durable kv snapshot decodes");
-                (store, c.clients, c.cid, c.proof)
-            }
-            None => (kv::Store::new(), ClientTable::default(), 0, None),
-        };
-        for (batch, p) in rec.decisions {
-            assert_eq!(p.cid, last + 1, "recovered decisions are consecutive");
-            for r in batch.requests() {
-                if clients.mark_executed(r.client, r.seq) {
-                    let _ = execute_request(&mut store, r, false);
-                }
-            }
-            self.stats.recovered_decisions += 1;
-            last = p.cid;
-            proof = Some(p);
+        let regency = rec.regency;
+        let r = node::restore(
+            self.cfg.clone(),
+            rec,
+            &Limits::default(),
+            COMMANDS_PER_REQUEST_MAX,
+        )
+        .unwrap_or_else(|e| panic!("{:?}: the simulated disk does not restore: {e}", self.id));
+        if r.checkpoint_cid.is_some() {
+            self.stats.recovered_from_checkpoint += 1;
         }
-        self.core = Replica::new(self.cfg.clone(), rec.regency, last, proof, clients);
-        if let Some((info, blob)) = rec.checkpoint {
-            self.core.on_checkpoint(info, blob);
-        }
-        self.store = store;
+        self.stats.recovered_decisions += r.replayed;
+        self.stats.recovered_votes += r.votes;
+        let last = r.core.last_decided();
+        let regency = regency.max(r.core.regency());
+        self.core = Box::new(r.core);
+        self.store = r.store;
         self.verifier = Verifier::new(self.keyring.clone(), VERIFIER_CACHE);
         self.up = true;
         let state = self.store.state_digest();
         env.checker
-            .on_restart(env.now, self.id, last, state, rec.regency);
+            .on_restart(env.now, self.id, last, state, regency);
         let id = self.id;
-        let regency = rec.regency;
         env.trace
             .event(env.now, b'R', &[id.0 as u64, last, regency as u64], || {
                 format!("{id:?} RESTART at cid {last} regency {regency} state={state:?}")
@@ -637,24 +611,93 @@ impl Host {
     }
 }
 
-/// Executes one fresh request on `store`: its writes always, its reads
-/// only at the origin replica (`own`), which gets one result per command.
-/// An undecodable payload executes nothing.
-fn execute_request(
-    store: &mut kv::Store,
-    r: &Request,
-    own: bool,
-) -> Result<Vec<Result<kv::Response, kv::KvError>>, wire::DecodeError> {
-    let commands = kv::command::decode_batch(&r.payload, COMMANDS_PER_REQUEST_MAX)?;
-    Ok(commands
-        .iter()
-        .filter_map(|c| {
-            if c.is_read_only() {
-                own.then(|| store.execute_read_only(c))
-            } else {
-                let res = store.apply(c);
-                own.then_some(res)
+/// What a middleware sees of its replica's core.
+#[derive(Debug, Clone, Copy)]
+struct View {
+    me: ReplicaId,
+    n: usize,
+    f: usize,
+    leader: ReplicaId,
+    regency: Regency,
+    last_decided: wire::Cid,
+}
+
+impl View {
+    fn of(core: &Replica) -> Self {
+        Self {
+            me: core.id(),
+            n: core.config().n,
+            f: core.config().f(),
+            leader: core.leader(),
+            regency: core.regency(),
+            last_decided: core.last_decided(),
+        }
+    }
+}
+
+/// The simulated network, disk and executor of one host, as
+/// `node::carry_out` sees them.
+pub struct SimIo<'a> {
+    host: &'a mut Host,
+    env: &'a mut Env,
+}
+
+impl node::Host for SimIo<'_> {
+    type Error = std::convert::Infallible;
+
+    fn send(
+        &mut self,
+        core: &Replica,
+        to: Target,
+        msg: Message,
+    ) -> Result<Option<Verified<Message>>, Self::Error> {
+        let h = &mut *self.host;
+        h.view = View::of(core);
+        h.watch.on_send(self.env.now, &msg);
+        let signed = h.signer.sign(msg);
+        Ok(match to {
+            Target::All => {
+                for r in h.others().collect::<Vec<_>>() {
+                    h.emit(self.env, r, signed.get().clone());
+                }
+                Some(signed)
+            }
+            Target::One(r) if r == h.id => Some(signed),
+            Target::One(r) => {
+                h.emit(self.env, r, signed.into_inner());
+                None
             }
         })
-        .collect())
+    }
+
+    fn write(&mut self, _: &Replica, job: DiskJob) -> Result<bool, Self::Error> {
+        self.host.disk.write(self.env.now, job);
+        Ok(false)
+    }
+
+    fn deliver(&mut self, core: &Replica, d: Decision) -> Result<(), Self::Error> {
+        self.host.execute(self.env, core, d);
+        Ok(())
+    }
+
+    fn install(
+        &mut self,
+        _: &Replica,
+        info: CheckpointInfo,
+        app: Vec<u8>,
+        clients: ClientTable,
+    ) -> Result<(), Self::Error> {
+        self.host.install(self.env, info, &app, &clients);
+        Ok(())
+    }
+
+    fn regency(
+        &mut self,
+        _: &Replica,
+        regency: Regency,
+        leader: ReplicaId,
+    ) -> Result<(), Self::Error> {
+        self.host.on_regency(self.env, regency, leader);
+        Ok(())
+    }
 }

@@ -178,6 +178,11 @@ pub struct ControlParams {
     pub checkpoint_period: u64,
     /// `Config::state_reply_bytes_max`.
     pub state_reply_bytes_max: usize,
+    /// Most pending requests of one client (the pool holds n times this:
+    /// a flooding replica fills its share only).
+    pub pending_per_client_max: usize,
+    /// Checkpoint chunk size, bytes (small: transfers take many chunks).
+    pub snapshot_chunk_bytes: usize,
 }
 
 impl ControlParams {
@@ -194,6 +199,9 @@ impl ControlParams {
         c.stop_requests_max = self.stop_requests_max;
         c.checkpoint_period = self.checkpoint_period;
         c.state_reply_bytes_max = self.state_reply_bytes_max;
+        c.pending_per_client_max = self.pending_per_client_max;
+        c.pending_requests_max = n * self.pending_per_client_max;
+        c.snapshot_chunk_bytes = self.snapshot_chunk_bytes;
         c
     }
 
@@ -321,11 +329,17 @@ impl Params {
             stop_requests_max: rng.range(1, 16) as usize,
             checkpoint_period: *rng.pick(&[4, 5, 8, 13, 16, 32, 64]),
             state_reply_bytes_max: rng.range(4 << 10, 64 << 10) as usize,
+            // At least the proxy window (8 at most): an honest proxy's
+            // requests always fit its share.
+            pending_per_client_max: rng.range(8, 64) as usize,
+            snapshot_chunk_bytes: *rng.pick(&[64, 256, 1024, 1 << 20]),
         };
 
         let byzantine = draw_byzantine(&mut rng, n, f, full);
         let crashes = if full {
-            draw_crashes(&mut rng, n, f - byzantine.len(), &byzantine, safety_ticks)
+            // Any number of correct replicas crash and restart (durable
+            // disk), on top of up to f Byzantine ones.
+            draw_crashes(&mut rng, n, n - byzantine.len(), &byzantine, safety_ticks)
         } else {
             Vec::new()
         };
@@ -438,7 +452,12 @@ impl Params {
     /// Checks the bounds every run relies on.
     pub fn validate(&self) {
         assert!(self.n >= 4);
-        assert!(self.byzantine.len() + self.crashes.len() <= self.f());
+        assert!(self.byzantine.len() <= self.f());
+        assert!(self.byzantine.len() + self.crashes.len() <= self.n);
+        let mut crashed: Vec<ReplicaId> = self.crashes.iter().map(|c| c.replica).collect();
+        crashed.sort();
+        crashed.dedup();
+        assert_eq!(crashed.len(), self.crashes.len(), "one crash per replica");
         assert!(self.network.delay_min_ticks >= 1);
         assert!(self.network.delay_min_ticks <= self.network.delay_max_ticks);
         assert!(self.workload.proxy_window as u64 <= control::clients::WINDOW);

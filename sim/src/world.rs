@@ -673,6 +673,8 @@ impl World {
             t.future_stops += b.future_stops;
             t.bad_syncs += b.bad_syncs;
             t.transfer_lies += b.transfer_lies;
+            t.chunks_injected += b.chunks_injected;
+            t.flood_requests += b.flood_requests;
             t.wrong_batches += b.wrong_batches;
         }
         s

@@ -348,3 +348,96 @@ fn a_replica_restarted_behind_the_decision_log_catches_up_by_checkpoint() {
         "no restarted replica caught up by a checkpoint"
     );
 }
+
+#[test]
+fn a_proof_backed_out_of_order_last_decision_never_halts_the_cluster() {
+    // Pipelining (several instances in flight), f liars claiming the
+    // highest cid they hold a real proof of as their last decision, and
+    // leader changes: the plan must not skip the cids below.
+    let reports = runs(Profile::Full, 1400, |p| {
+        calm(p);
+        p.control.pipeline_depth = p.control.pipeline_depth.max(3);
+        p.control.instance_window = p.control.instance_window.max(p.control.pipeline_depth);
+        on_last(p, p.f(), Behavior::OutOfOrderProof);
+        busy_with_leader_cut_off(p);
+    });
+    check(&reports);
+    assert!(
+        sum(&reports, |r| r.stats.byzantine.stop_lies) > 0,
+        "no lie was told"
+    );
+    assert_changed_leader(&reports);
+}
+
+#[test]
+fn a_replica_flooding_requests_does_not_starve_the_others() {
+    let reports = runs(Profile::Default, 1500, |p| {
+        on_last(p, p.f(), Behavior::RequestFlood);
+        p.workload.ops_per_client = p.workload.ops_per_client.max(5);
+    });
+    check(&reports);
+    assert!(sum(&reports, |r| r.stats.byzantine.flood_requests) > 0);
+}
+
+#[test]
+fn junk_chunks_raced_during_state_transfer_never_stall_it() {
+    // As `lying_state_transfer_sources_never_install_a_bad_state`, with
+    // small chunks (many per checkpoint) and the liars racing junk chunks.
+    let mut reports = Vec::new();
+    for seed in seeds_with_n(7, 1600, 6, Profile::Full)
+        .into_iter()
+        .chain(seeds_with_n(10, 1600, 4, Profile::Full))
+    {
+        reports.push(run_edited(seed, Profile::Full, |p| {
+            calm(p);
+            p.control.checkpoint_period = 4;
+            p.control.snapshot_chunk_bytes = 64;
+            p.workload.ops_per_client = 6;
+            on_last(p, p.f() - 1, Behavior::LyingTransfer);
+            p.crashes = vec![CrashSpec {
+                replica: ReplicaId(2),
+                crash_tick: 10,
+                restart_tick: p.safety_ticks * 2 / 3,
+            }];
+        }));
+    }
+    check(&reports);
+    assert!(sum(&reports, |r| r.stats.byzantine.chunks_injected) > 0);
+    assert!(sum(&reports, |r| r.stats.checkpoints_installed) > 0);
+}
+
+#[test]
+fn f_byzantine_replicas_and_every_correct_replica_crashing_stay_safe_and_live() {
+    // The fault model bftd promises: f Byzantine replicas (drawn from the
+    // full pool) plus crash-restarts of correct replicas — here all of
+    // them, at overlapping times, so the cluster also stops and restarts
+    // from disk as a whole.
+    let reports = runs(Profile::Full, 1700, |p| {
+        p.network.loss_ppm = 0;
+        let f = p.f();
+        let byz = [
+            Behavior::StopDataLies,
+            Behavior::OutOfOrderProof,
+            Behavior::LyingTransfer,
+            Behavior::RequestFlood,
+        ];
+        p.byzantine = (0..f)
+            .map(|i| {
+                (
+                    ReplicaId((p.n - 1 - i) as u16),
+                    byz[(p.seed as usize + i) % byz.len()],
+                )
+            })
+            .collect();
+        let safety = p.safety_ticks;
+        p.crashes = (0..(p.n - f) as u16)
+            .map(|i| CrashSpec {
+                replica: ReplicaId(i),
+                crash_tick: 10 + 17 * i as u64 % (safety / 2),
+                restart_tick: (safety / 2 + 13 * i as u64).min(safety),
+            })
+            .collect();
+    });
+    check(&reports);
+    assert!(reports.iter().all(|r| r.stats.restarts as usize >= 3));
+}

@@ -44,6 +44,10 @@ fn run_pinned(seed: u64, profile: Profile, byz: &[(u16, Behavior)]) -> Report {
     };
     let mut p = Params::generate(seed, &opts);
     p.byzantine = byz.iter().map(|(r, b)| (ReplicaId(*r), *b)).collect();
+    // A replica made Byzantine here does not also crash.
+    let byzantine = p.byzantine.clone();
+    p.crashes
+        .retain(|c| !byzantine.iter().any(|(r, _)| *r == c.replica));
     p.validate();
     sim::run_params(p, &opts)
 }
@@ -243,6 +247,7 @@ fn stopdata(s: &Signer, last: DecisionProof, open: OpenVote) -> StopData {
         last_decided: last.cid,
         last_decided_proof: Some(last),
         open: vec![open],
+        recent: vec![],
         signature: Signature::PENDING,
     };
     match s.sign(Message::StopData(sd)).into_inner() {

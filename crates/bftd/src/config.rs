@@ -328,13 +328,17 @@ impl ClusterConfig {
     /// Encoding limits shared by the cluster.
     pub fn limits(&self) -> Limits {
         let p = &self.protocol;
-        Limits {
+        let base = Limits {
             request_bytes_max: p.request_bytes_max,
             batch_requests_max: p.batch_requests_max,
             message_bytes_max: 2 * p.batch_bytes_max + 64 * 1024,
             instances_max: p.instance_window.max(64) * 2,
+            state_reply_decisions_max: 0,
             replicas_max: self.n().max(4),
-        }
+        };
+        // The bounds the consensus core keeps when it sends, derived in
+        // one place (control::Config), so sender and decoder agree.
+        self.control_config(0).wire_limits(base)
     }
 
     /// The consensus core's config for replica `id`.
@@ -362,6 +366,7 @@ impl ClusterConfig {
             stop_requests_max: 64,
             checkpoint_period: p.checkpoint_period,
             state_reply_bytes_max: (p.batch_bytes_max / 2).max(p.request_bytes_max + 1024),
+            ..control::Config::new(self.n(), ReplicaId(id))
         }
     }
 

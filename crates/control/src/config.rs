@@ -30,6 +30,11 @@ pub struct Config {
     pub instance_window: usize,
     /// Most requests waiting to be ordered; more are refused at entry.
     pub pending_requests_max: usize,
+    /// Most requests of one client (one replica's proxy, or one BFT
+    /// client) waiting to be ordered, so that no origin can fill the pool
+    /// and starve the others. At most [`crate::clients::WINDOW`]: a client
+    /// further ahead than its de-duplication window loses requests anyway.
+    pub pending_per_client_max: usize,
     /// Ticks a request may wait to be ordered before it is forwarded to the
     /// leader; after as many again, the replica asks for a leader change
     /// (BFT-SMaRt's request timeout).
@@ -55,6 +60,11 @@ pub struct Config {
     pub checkpoint_period: u64,
     /// Most bytes of batches in one STATE_REPLY (below the message limit).
     pub state_reply_bytes_max: usize,
+    /// Chunk size of checkpoint transfer, bytes: a protocol constant (the
+    /// checkpoint digest is a hash over the chunks' digests, so every
+    /// replica must use the same value). At most
+    /// `wire::transfer::CHUNK_BYTES_MAX`.
+    pub snapshot_chunk_bytes: usize,
 }
 
 /// Why a configuration was refused.
@@ -68,6 +78,21 @@ pub enum ConfigError {
     Zero(&'static str),
     #[error("instance_window ({window}) must be >= pipeline_depth ({depth})")]
     WindowBelowPipeline { window: usize, depth: usize },
+    #[error(
+        "pending_requests_max ({pool}) must be >= n x pending_per_client_max ({n} x {per_client}) \
+         so that every replica's proxy always has room"
+    )]
+    PoolBelowOrigins {
+        pool: usize,
+        n: usize,
+        per_client: usize,
+    },
+    #[error("{name} = {value} is above its maximum {max}")]
+    TooLarge {
+        name: &'static str,
+        value: usize,
+        max: usize,
+    },
 }
 
 impl Config {
@@ -82,6 +107,7 @@ impl Config {
             pipeline_batch_min: 16,
             instance_window: 64,
             pending_requests_max: 16 * 1024,
+            pending_per_client_max: crate::clients::WINDOW as usize,
             request_timeout_ticks: 200,
             sync_timeout_ticks: 200,
             throughput_window_ticks: 100,
@@ -90,6 +116,7 @@ impl Config {
             leader_link_timeout_ticks: 5,
             checkpoint_period: 256,
             state_reply_bytes_max: 2 * 1024 * 1024,
+            snapshot_chunk_bytes: wire::transfer::CHUNK_BYTES_MAX,
         }
     }
 
@@ -118,15 +145,40 @@ impl Config {
             (self.stop_requests_max, "stop_requests_max"),
             (self.checkpoint_period as usize, "checkpoint_period"),
             (self.state_reply_bytes_max, "state_reply_bytes_max"),
+            (self.pending_per_client_max, "pending_per_client_max"),
+            (self.snapshot_chunk_bytes, "snapshot_chunk_bytes"),
         ] {
             if v == 0 {
                 return Err(ConfigError::Zero(name));
+            }
+        }
+        for (value, max, name) in [
+            (
+                self.pending_per_client_max,
+                crate::clients::WINDOW as usize,
+                "pending_per_client_max",
+            ),
+            (
+                self.snapshot_chunk_bytes,
+                wire::transfer::CHUNK_BYTES_MAX,
+                "snapshot_chunk_bytes",
+            ),
+        ] {
+            if value > max {
+                return Err(ConfigError::TooLarge { name, value, max });
             }
         }
         if self.instance_window < self.pipeline_depth {
             return Err(ConfigError::WindowBelowPipeline {
                 window: self.instance_window,
                 depth: self.pipeline_depth,
+            });
+        }
+        if self.pending_requests_max < self.n.saturating_mul(self.pending_per_client_max) {
+            return Err(ConfigError::PoolBelowOrigins {
+                pool: self.pending_requests_max,
+                n: self.n,
+                per_client: self.pending_per_client_max,
             });
         }
         Ok(())
@@ -136,6 +188,29 @@ impl Config {
     /// last checkpoint, with room for the checkpoint to be taken.
     pub fn decision_log_max(&self) -> usize {
         2 * self.checkpoint_period as usize + self.instance_window
+    }
+
+    /// Most entries of one STOPDATA's `open` list (instances above the last
+    /// decided one, within the window) and of its `recent` proofs: the
+    /// bound the sender keeps and `wire::Limits::instances_max` must allow.
+    pub fn stopdata_entries_max(&self) -> usize {
+        self.instance_window + 1
+    }
+
+    /// Most decisions one STATE_REPLY carries: the bound the sender keeps
+    /// and `wire::Limits::state_reply_decisions_max` must allow (derived
+    /// here, in one place, so the two cannot disagree).
+    pub fn state_reply_decisions_max(&self) -> usize {
+        4 * self.instance_window.max(16)
+    }
+
+    /// The decoding limits this config needs at least, on top of `base`.
+    pub fn wire_limits(&self, base: wire::Limits) -> wire::Limits {
+        wire::Limits {
+            instances_max: base.instances_max.max(self.stopdata_entries_max()),
+            state_reply_decisions_max: self.state_reply_decisions_max(),
+            ..base
+        }
     }
 
     /// f = floor((n-1)/3), the number of Byzantine replicas tolerated.

@@ -28,6 +28,10 @@ pub(crate) struct Instance {
     pub proposal: Option<Arc<Batch>>,
     /// The proposal is durable (acknowledged by the host).
     pub persisted: bool,
+    /// This replica sent its WRITE in `regency` (only once the proposal is
+    /// durable: a vote is on disk before it leaves, so a crash-restart
+    /// cannot make an honest replica vote twice).
+    pub write_sent: bool,
     /// WRITE digest received from each replica (index = replica id).
     pub writes: Vec<Option<Digest>>,
     /// ACCEPT received from each replica.
@@ -47,6 +51,7 @@ impl Instance {
             regency,
             proposal: None,
             persisted: false,
+            write_sent: false,
             writes: vec![None; n],
             accepts: vec![None; n],
             accept_sent: false,
@@ -59,6 +64,7 @@ impl Instance {
         self.regency = regency;
         self.proposal = None;
         self.persisted = false;
+        self.write_sent = false;
         self.writes.iter_mut().for_each(|w| *w = None);
         self.accepts.iter_mut().for_each(|a| *a = None);
         self.accept_sent = false;

@@ -25,6 +25,9 @@ pub enum Refused {
     Duplicate,
     /// The pool holds `pending_requests_max` requests.
     Full,
+    /// The pool holds `pending_per_client_max` requests of this client
+    /// already (one origin cannot starve the others).
+    ClientFull,
 }
 
 /// The pool of verified requests not yet decided. Iteration order is arrival
@@ -34,19 +37,40 @@ pub struct Pending {
     order: VecDeque<Key>,
     entries: HashMap<Key, Entry>,
     max: usize,
+    /// Entries per client (kept in step by every mutation; no zero counts).
+    per_client: HashMap<ClientId, usize>,
+    per_client_max: usize,
     /// Entries with `proposed_in == None` (kept in step by every mutation).
     unproposed: usize,
 }
 
 impl Pending {
-    /// A pool of at most `max` requests.
-    pub fn new(max: usize) -> Self {
-        assert!(max > 0);
+    /// A pool of at most `max` requests, at most `per_client_max` of any
+    /// one client.
+    pub fn new(max: usize, per_client_max: usize) -> Self {
+        assert!(max > 0 && per_client_max > 0);
         Self {
             order: VecDeque::with_capacity(max),
             entries: HashMap::with_capacity(max),
             max,
+            per_client: HashMap::new(),
+            per_client_max,
             unproposed: 0,
+        }
+    }
+
+    fn count_in(&mut self, client: ClientId) {
+        *self.per_client.entry(client).or_default() += 1;
+    }
+
+    fn count_out(&mut self, client: ClientId) {
+        let c = self
+            .per_client
+            .get_mut(&client)
+            .expect("a pending request's client is counted");
+        *c -= 1;
+        if *c == 0 {
+            self.per_client.remove(&client);
         }
     }
 
@@ -68,9 +92,13 @@ impl Pending {
         if self.entries.contains_key(&key) {
             return Err(Refused::Duplicate);
         }
+        if self.per_client.get(&request.client).copied().unwrap_or(0) >= self.per_client_max {
+            return Err(Refused::ClientFull);
+        }
         if self.entries.len() >= self.max {
             return Err(Refused::Full);
         }
+        self.count_in(request.client);
         self.entries.insert(
             key,
             Entry {
@@ -92,6 +120,7 @@ impl Pending {
             if e.proposed_in.is_none() {
                 self.unproposed -= 1;
             }
+            self.count_out(client);
         }
         while let Some(k) = self.order.front() {
             if self.entries.contains_key(k) {
@@ -137,6 +166,10 @@ impl Pending {
     /// Keeps only the requests for which `keep` is true.
     pub fn retain(&mut self, mut keep: impl FnMut(&Request) -> bool) {
         self.entries.retain(|_, e| keep(e.request.get()));
+        self.per_client.clear();
+        for (client, _) in self.entries.keys() {
+            *self.per_client.entry(*client).or_default() += 1;
+        }
         let entries = &self.entries;
         self.order.retain(|k| entries.contains_key(k));
         self.unproposed = self
@@ -174,6 +207,12 @@ impl Pending {
             .filter(|e| e.proposed_in.is_none())
             .count();
         assert_eq!(self.unproposed, counted, "unproposed counter out of step");
+        let mut per_client: HashMap<ClientId, usize> = HashMap::new();
+        for (client, _) in self.entries.keys() {
+            *per_client.entry(*client).or_default() += 1;
+        }
+        assert_eq!(per_client, self.per_client, "per-client counts out of step");
+        assert!(self.per_client.values().all(|&c| c <= self.per_client_max));
     }
 
     /// Requests that arrived at or before `tick`, oldest first, at most `max`.

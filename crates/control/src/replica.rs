@@ -30,18 +30,19 @@ use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use wire::{
-    Accept, Batch, BatchReply, CheckpointInfo, Cid, Decided, DecisionProof, Digest, Fetch, Message,
-    Propose, Regency, ReplicaId, Request, SnapshotChunk, SnapshotRequest, StateReply, StateRequest,
-    Stop, StopData, Sync, Verified, Write,
+    Accept, Batch, BatchReply, Cid, Decided, DecisionProof, Digest, Fetch, Message, Propose,
+    Regency, ReplicaId, Request, SnapshotChunk, SnapshotRequest, StateReply, StateRequest, Stop,
+    StopData, Sync, Verified, Write,
 };
 
+use crate::checkpoint::Prepared;
 use crate::clients::ClientTable;
 use crate::config::Config;
 use crate::instance::Instance;
 use crate::output::{Decision, Output, Target};
 use crate::pending::{Pending, Refused};
 use crate::sync::{plan, SyncPlan};
-use crate::transfer::{Assembly, Transfer};
+use crate::transfer::{Assembly, ChunkOutcome, Transfer};
 
 /// Counters of what the core did and refused, by reason.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -50,6 +51,9 @@ pub struct Stats {
     pub requests_duplicate: u64,
     pub requests_already_executed: u64,
     pub requests_refused_full: u64,
+    /// Requests refused because their client already has
+    /// `pending_per_client_max` waiting.
+    pub requests_refused_client_full: u64,
     pub requests_forwarded: u64,
     pub proposals_sent: u64,
     pub decisions: u64,
@@ -72,8 +76,17 @@ pub struct Stats {
     pub transfers_started: u64,
     pub transfer_decisions: u64,
     pub transfer_checkpoints: u64,
-    /// Checkpoints fetched whose bytes did not match the trusted digest.
+    /// Checkpoint manifests fetched that did not match the trusted digest
+    /// (or the proof was missing), and fetched checkpoints that did not
+    /// decode.
     pub transfer_bad_checkpoints: u64,
+    /// Snapshot chunks from the asked source that did not match their
+    /// hash in the manifest (the source is dropped, the verified prefix
+    /// kept).
+    pub transfer_bad_chunks: u64,
+    /// Snapshot chunks ignored: not from the asked source, for another
+    /// checkpoint, or not the next offset.
+    pub transfer_ignored_chunks: u64,
     /// Messages for another regency than the current one.
     pub drop_wrong_regency: u64,
     /// Messages for instances already decided.
@@ -140,6 +153,16 @@ pub struct Replica {
     stop_sent: Regency,
     /// Leader of the regency being synchronized: STOPDATAs collected.
     stopdata: BTreeMap<ReplicaId, StopData>,
+    /// A regency installed whose STOPDATA waits for the REGENCY record to
+    /// be durable ([`Replica::on_regency_persisted`]): STOPDATA promises to
+    /// leave the old regency, and a crash must not bring this replica back
+    /// in it.
+    stopdata_owed: Option<Regency>,
+    /// This replica proposes only in regencies from this one on: after a
+    /// restart from disk it cannot know what it proposed before the crash
+    /// in the regency it recovered, so it leaves that regency's proposals
+    /// to a leader change rather than risk proposing another value.
+    propose_from: Regency,
     /// Consecutive regencies that failed to synchronize (timeout backoff).
     failed_syncs: u32,
     /// Highest regency seen per replica in its normal-case messages (to
@@ -157,8 +180,11 @@ pub struct Replica {
     /// Decisions delivered since the newest checkpoint, oldest first
     /// (bounded by `decision_log_max`): for FETCH and state transfer.
     log: VecDeque<Decided>,
-    /// The newest checkpoint and its blob.
-    checkpoint: Option<(CheckpointInfo, Arc<Vec<u8>>)>,
+    /// The newest checkpoint, ready to serve.
+    checkpoint: Option<Prepared>,
+    /// The one before it, still served: a transfer that started on it
+    /// finishes even if its sources took a newer one meanwhile.
+    previous_checkpoint: Option<Prepared>,
     /// The state transfer in progress, if any.
     transfer: Option<Transfer>,
     monitor: Monitor,
@@ -191,7 +217,7 @@ impl Replica {
         assert!(last_decided_proof
             .as_ref()
             .is_none_or(|p| p.cid == last_decided));
-        let pending = Pending::new(cfg.pending_requests_max);
+        let pending = Pending::new(cfg.pending_requests_max, cfg.pending_per_client_max);
         let n = cfg.n;
         Self {
             regency,
@@ -206,6 +232,8 @@ impl Replica {
             stop_votes: vec![regency; n],
             stop_sent: regency,
             stopdata: BTreeMap::new(),
+            stopdata_owed: None,
+            propose_from: 0,
             failed_syncs: 0,
             seen_regency: vec![regency; n],
             late_accepts: BTreeMap::new(),
@@ -214,6 +242,7 @@ impl Replica {
             behind_reported: last_decided,
             log: VecDeque::new(),
             checkpoint: None,
+            previous_checkpoint: None,
             transfer: None,
             monitor: Monitor::default(),
             stuck_since: None,
@@ -281,6 +310,7 @@ impl Replica {
     pub fn on_request(&mut self, request: Verified<Request>, out: &mut Vec<Output>) {
         self.admit_request(request);
         self.try_propose(out);
+        self.check_invariants();
     }
 
     fn admit_request(&mut self, request: Verified<Request>) {
@@ -292,6 +322,7 @@ impl Replica {
             Ok(()) => self.stats.requests_accepted += 1,
             Err(Refused::Duplicate) => self.stats.requests_duplicate += 1,
             Err(Refused::Full) => self.stats.requests_refused_full += 1,
+            Err(Refused::ClientFull) => self.stats.requests_refused_client_full += 1,
         }
     }
 
@@ -324,8 +355,15 @@ impl Replica {
         self.check_invariants();
     }
 
-    /// The host made the proposal of `cid` with `digest` durable.
+    /// The host made the proposal of `cid` with `digest` durable: this
+    /// replica now sends its WRITE (Mod-SMaRt step 2, after the vote is on
+    /// disk) and its ACCEPT once a quorum of WRITEs is in.
     pub fn on_persisted(&mut self, cid: Cid, digest: Digest, out: &mut Vec<Output>) {
+        self.persisted(cid, digest, out);
+        self.check_invariants();
+    }
+
+    fn persisted(&mut self, cid: Cid, digest: Digest, out: &mut Vec<Output>) {
         if let Some(&(regency, d)) = self.late_accepts.get(&cid) {
             if d == digest {
                 self.late_accepts.remove(&cid);
@@ -333,18 +371,59 @@ impl Replica {
             }
             return;
         }
+        let me = self.cfg.me;
         let Some(inst) = self.instances.get_mut(&cid) else {
             return;
         };
-        if inst.proposal_digest() == Some(digest) {
-            inst.persisted = true;
-            self.try_accept(cid, out);
+        if inst.proposal_digest() != Some(digest) {
+            return; // a proposal of an older regency, or already replaced
         }
+        inst.persisted = true;
+        if !inst.write_sent {
+            inst.write_sent = true;
+            inst.record_write(digest);
+            // Count its own WRITE at once (the copy it sends itself is then
+            // a duplicate).
+            if inst.writes[me.index()].is_none() {
+                inst.writes[me.index()] = Some(digest);
+            }
+            out.push(Output::Send {
+                to: Target::All,
+                msg: Message::Write(Write {
+                    regency: inst.regency,
+                    cid,
+                    replica: me,
+                    digest,
+                }),
+            });
+        }
+        self.try_accept(cid, out);
+    }
+
+    /// The host made the REGENCY record of `regency` durable: if this
+    /// replica installed that regency and owes its STOPDATA, it sends it
+    /// now (a STOPDATA is a promise never to vote in the older regency
+    /// again, so it leaves only once a crash cannot undo the move).
+    pub fn on_regency_persisted(&mut self, regency: Regency, out: &mut Vec<Output>) {
+        if self.stopdata_owed == Some(regency) && self.regency == regency {
+            self.stopdata_owed = None;
+            let stopdata = self.stopdata_for(regency);
+            out.push(Output::Send {
+                to: Target::One(self.leader()),
+                msg: Message::StopData(stopdata),
+            });
+        }
+        self.check_invariants();
     }
 
     /// One tick of logical time (the host's `tick_ms`): request and SYNC
     /// timeouts, leader throughput monitoring.
     pub fn on_tick(&mut self, out: &mut Vec<Output>) {
+        self.tick_inner(out);
+        self.check_invariants();
+    }
+
+    fn tick_inner(&mut self, out: &mut Vec<Output>) {
         self.tick += 1;
         self.transfer_tick(out);
         self.refetch(out);
@@ -391,6 +470,7 @@ impl Replica {
         } else if self.link_seen_up[i] && self.link_down_since[i].is_none() {
             self.link_down_since[i] = Some(self.tick);
         }
+        self.check_invariants();
     }
 
     fn check_leader_link(&mut self, out: &mut Vec<Output>) {
@@ -434,24 +514,42 @@ impl Replica {
     /// After a restart from disk: the votes this replica cast before the
     /// crash for an undecided instance, from its log of proposals. It is
     /// reported as accepted as well as written: the log does not say whether
-    /// the ACCEPT left, and claiming it is the conservative choice (a value
-    /// this replica wrote in a regency can only be the value that regency's
-    /// leader chose, so the claim cannot make another value look bound,
-    /// while forgetting an ACCEPT could make a decided value look free).
-    pub fn recover_vote(&mut self, regency: Regency, cid: Cid, batch: Arc<Batch>) {
+    /// the WRITE and ACCEPT left, and claiming them is the conservative
+    /// choice (a value this replica persisted in a regency can only be the
+    /// value that regency's leader chose, so the claim cannot make another
+    /// value look bound, while forgetting an ACCEPT could make a decided
+    /// value look free).
+    ///
+    /// A vote of the recovered regency itself becomes the instance's
+    /// proposal again, durable: a different PROPOSE for the same cid in
+    /// that regency is then refused as equivocation, as it would have been
+    /// without the crash (a restarted replica never votes twice).
+    ///
+    /// Returns false if the vote is outside the open window (decided, or
+    /// too far ahead) and was dropped.
+    ///
+    /// # Panics
+    /// On a vote of a regency after the one the core was created in, or two
+    /// different votes for one cid in the recovered regency: the host
+    /// checks its log for those first.
+    pub fn recover_vote(&mut self, regency: Regency, cid: Cid, batch: Arc<Batch>) -> bool {
         assert!(
             regency <= self.regency,
             "vote from a regency after the recovered one"
         );
         if cid <= self.last_decided || cid > self.last_decided + self.cfg.instance_window as u64 {
-            return;
+            return false;
         }
-        let (n, d) = (self.cfg.n, batch.digest());
+        let (n, d, current) = (self.cfg.n, batch.digest(), self.regency);
         let inst = self
             .instances
             .entry(cid)
-            .or_insert_with(|| Instance::new(cid, regency, n));
-        inst.keep_batch(batch);
+            .or_insert_with(|| Instance::new(cid, current, n));
+        assert_eq!(
+            inst.regency, current,
+            "recovered instances vote in the recovered regency"
+        );
+        inst.keep_batch(batch.clone());
         if !inst.written.contains(&(regency, d)) {
             if inst.written.len() == wire::sync::WRITTEN_MAX {
                 inst.written.remove(0);
@@ -462,6 +560,59 @@ impl Replica {
         if inst.accepted.is_none_or(|(r, _)| r <= regency) {
             inst.accepted = Some((regency, d));
         }
+        if regency == current {
+            assert!(
+                inst.proposal_digest().is_none_or(|p| p == d),
+                "two durable proposals for cid {cid} in regency {regency}"
+            );
+            inst.proposal = Some(batch);
+            inst.persisted = true;
+            inst.write_sent = true;
+        }
+        self.check_invariants();
+        true
+    }
+
+    /// After a restart from disk, right after [`Replica::new`]: the
+    /// decisions the host replayed from its log (the newest ones, ascending,
+    /// ending at the recovered last decision), kept to serve FETCH and
+    /// state transfer and shown as `recent` proofs in STOPDATA, as if this
+    /// replica had delivered them without the crash. Only the newest
+    /// `decision_log_max` are kept.
+    ///
+    /// # Panics
+    /// If they are not consecutive or do not end at the last decision.
+    pub fn recover_decisions(&mut self, decided: impl IntoIterator<Item = Decided>) {
+        assert!(
+            self.log.is_empty(),
+            "recover_decisions once, right after new"
+        );
+        for d in decided {
+            if let Some(prev) = self.log.back() {
+                assert_eq!(
+                    d.proof.cid,
+                    prev.proof.cid + 1,
+                    "recovered decisions are consecutive"
+                );
+            }
+            if self.log.len() == self.cfg.decision_log_max() {
+                self.log.pop_front();
+            }
+            self.log.push_back(d);
+        }
+        if let Some(last) = self.log.back() {
+            assert_eq!(
+                last.proof.cid, self.last_decided,
+                "recovered decisions end at the last one"
+            );
+        }
+        self.check_invariants();
+    }
+
+    /// After a restart from disk (anything recovered): this replica will
+    /// not propose in the regency it recovered (see `propose_from`).
+    pub fn mark_restarted(&mut self) {
+        self.propose_from = self.regency + 1;
     }
 
     /// Asks the other replicas whether this one is behind (after a restart
@@ -535,9 +686,9 @@ impl Replica {
     }
 
     /// Makes `batch` the value of `cid` in the current regency (from a
-    /// PROPOSE or from SYNC): persist it and send WRITE.
+    /// PROPOSE or from SYNC): persist it; the WRITE leaves once it is
+    /// durable ([`Replica::on_persisted`]).
     fn take_proposal(&mut self, cid: Cid, batch: Arc<Batch>, out: &mut Vec<Output>) {
-        let me = self.cfg.me;
         let regency = self.regency;
         let inst = self.instance(cid);
         match inst.proposal_digest() {
@@ -548,10 +699,8 @@ impl Replica {
             }
             None => {}
         }
-        let digest = batch.digest();
         inst.keep_batch(batch.clone());
         inst.proposal = Some(batch.clone());
-        inst.record_write(digest);
         for r in batch.requests() {
             self.pending.mark_proposed(r.client, r.seq, cid);
         }
@@ -560,18 +709,8 @@ impl Replica {
             regency,
             batch,
         });
-        out.push(Output::Send {
-            to: Target::All,
-            msg: Message::Write(Write {
-                regency,
-                cid,
-                replica: me,
-                digest,
-            }),
-        });
-        // WRITEs or ACCEPTs may have arrived before the proposal, and the
-        // instance may even be decided already, waiting for this batch.
-        self.try_accept(cid, out);
+        // ACCEPTs may have arrived before the proposal, and the instance
+        // may even be decided already, waiting for this batch.
         self.try_decide(cid, out);
         self.deliver_ready(out);
     }
@@ -766,7 +905,7 @@ impl Replica {
     /// room (the previous instance decided, or fewer than `pipeline_depth`
     /// in flight).
     fn try_propose(&mut self, out: &mut Vec<Output>) {
-        if !self.is_leader() || self.is_syncing() {
+        if !self.is_leader() || self.is_syncing() || self.regency < self.propose_from {
             return;
         }
         while self.next_proposal <= self.last_decided + self.cfg.pipeline_depth as u64 {
@@ -1005,36 +1144,55 @@ impl Replica {
         votes.get(k - 1).copied().filter(|&r| r > self.regency)
     }
 
-    /// Installs `regency`: stop voting in the old one, send STOPDATA to the
-    /// new leader, wait for SYNC.
+    /// Installs `regency`: stop voting in the old one, wait for SYNC. The
+    /// STOPDATA to the new leader leaves once the host has made the
+    /// REGENCY record durable ([`Replica::on_regency_persisted`]).
     fn install(&mut self, regency: Regency, out: &mut Vec<Output>) {
         assert!(regency > self.regency);
         self.enter_regency(regency, out);
         self.phase = Phase::Syncing { since: self.tick };
         self.stopdata.retain(|_, sd| sd.regency == regency);
-        let stopdata = StopData {
+        self.stopdata_owed = Some(regency);
+    }
+
+    /// This replica's STOPDATA for `regency`: its last decision with the
+    /// proof, its votes on every open instance, and the proofs of the
+    /// decisions it delivered in the window below its last one (so that
+    /// [`crate::sync::plan`] can start below a replica that is ahead).
+    fn stopdata_for(&self, regency: Regency) -> StopData {
+        let window = self.cfg.instance_window as u64;
+        let floor = self.last_decided.saturating_sub(window);
+        let recent: Vec<DecisionProof> = self
+            .log
+            .iter()
+            .map(|d| &d.proof)
+            .filter(|p| p.cid > floor && p.cid < self.last_decided)
+            .cloned()
+            .collect();
+        let open: Vec<_> = self
+            .instances
+            .values()
+            .filter(|i| !i.written.is_empty() || i.accepted.is_some() || i.decided.is_some())
+            .map(Instance::open_vote)
+            .collect();
+        assert!(recent.len() <= self.cfg.stopdata_entries_max());
+        assert!(open.len() <= self.cfg.stopdata_entries_max());
+        StopData {
             regency,
             replica: self.cfg.me,
             last_decided: self.last_decided,
             last_decided_proof: self.last_decided_proof.clone(),
-            open: self
-                .instances
-                .values()
-                .filter(|i| !i.written.is_empty() || i.accepted.is_some() || i.decided.is_some())
-                .map(Instance::open_vote)
-                .collect(),
+            open,
+            recent,
             signature: wire::Signature::PENDING,
-        };
-        out.push(Output::Send {
-            to: Target::One(self.leader()),
-            msg: Message::StopData(stopdata),
-        });
+        }
     }
 
     /// Moves to `regency` (installed or adopted): old votes stop counting,
     /// pending requests get a fresh timeout and will be proposed again.
     fn enter_regency(&mut self, regency: Regency, out: &mut Vec<Output>) {
         self.regency = regency;
+        self.stopdata_owed = None;
         self.stop_sent = self.stop_sent.max(regency);
         self.stats.regencies_installed += 1;
         for inst in self.instances.values_mut() {
@@ -1172,6 +1330,7 @@ impl Replica {
             sd.last_decided_proof
                 .iter()
                 .chain(sd.open.iter().filter_map(|o| o.decided.as_ref()))
+                .chain(sd.recent.iter())
         });
         let mut proofs: Vec<DecisionProof> = proofs.cloned().collect();
         proofs.sort_by_key(|p| p.cid);
@@ -1243,29 +1402,36 @@ impl Replica {
 
     // ------------------------------------------------- state transfer
 
-    /// The host took a checkpoint after delivering `info.cid` (see
-    /// [`Decision::checkpoint`]): keep it to serve state transfer, and drop
-    /// the decisions it covers from the log.
-    pub fn on_checkpoint(&mut self, info: CheckpointInfo, blob: Arc<Vec<u8>>) {
+    /// The host took a checkpoint after delivering `p.info.cid` (see
+    /// [`Decision::checkpoint`]; made with [`crate::checkpoint::prepare`]
+    /// using `snapshot_chunk_bytes`): keep it to serve state transfer, and
+    /// drop the decisions it covers from the log.
+    pub fn on_checkpoint(&mut self, p: Prepared) {
         assert!(
-            info.cid <= self.last_decided,
+            p.info.cid <= self.last_decided,
             "checkpoint of an undelivered instance"
         );
-        assert_eq!(blob.len() as u64, info.len);
+        assert!(p.info.len <= p.blob.len() as u64);
+        assert_eq!(
+            p.hashes.len() as u64,
+            crate::checkpoint::chunks_of(p.info.len, self.cfg.snapshot_chunk_bytes),
+            "checkpoint prepared with another chunk size"
+        );
         if self
             .checkpoint
             .as_ref()
-            .is_some_and(|(c, _)| c.cid >= info.cid)
+            .is_some_and(|c| c.info.cid >= p.info.cid)
         {
             return;
         }
         // Keep one window below the checkpoint: replicas a little behind
         // fetch those batches rather than the whole checkpoint.
-        let keep_from = info.cid.saturating_sub(self.cfg.instance_window as u64);
+        let keep_from = p.info.cid.saturating_sub(self.cfg.instance_window as u64);
         while self.log.front().is_some_and(|d| d.proof.cid <= keep_from) {
             self.log.pop_front();
         }
-        self.checkpoint = Some((info, blob));
+        self.previous_checkpoint = self.checkpoint.replace(p);
+        self.check_invariants();
     }
 
     fn on_state_request(&mut self, req: StateRequest, out: &mut Vec<Output>) {
@@ -1281,7 +1447,7 @@ impl Replica {
                 bytes += d.batch.encoded_len() + 256;
                 bytes <= self.cfg.state_reply_bytes_max
             })
-            .take(self.cfg.instance_window.max(1) * 4)
+            .take(self.cfg.state_reply_decisions_max())
             .cloned()
             .collect();
         out.push(Output::Send {
@@ -1290,28 +1456,43 @@ impl Replica {
                 replica: self.cfg.me,
                 regency: self.regency,
                 last_decided: self.last_decided,
-                checkpoint: self.checkpoint.as_ref().map(|(c, _)| *c),
+                checkpoint: self.checkpoint.as_ref().map(|c| c.info),
                 decisions,
             }),
         });
     }
 
+    /// Serves one chunk of the newest checkpoint's body; the first also
+    /// carries the manifest and the decision proof.
     fn on_snapshot_request(&mut self, req: SnapshotRequest, out: &mut Vec<Output>) {
-        let Some((info, blob)) = &self.checkpoint else {
+        let Some(p) = [&self.checkpoint, &self.previous_checkpoint]
+            .into_iter()
+            .flatten()
+            .find(|p| p.info.cid == req.cid)
+        else {
             return;
         };
-        if info.cid != req.cid || req.offset > info.len {
+        let chunk = self.cfg.snapshot_chunk_bytes as u64;
+        if req.replica == self.cfg.me
+            || p.info.cid != req.cid
+            || req.offset > p.info.len
+            || req.offset % chunk != 0
+        {
             return;
         }
         let start = req.offset as usize;
-        let end = (start + wire::transfer::CHUNK_BYTES_MAX).min(blob.len());
+        let end = (req.offset + chunk).min(p.info.len) as usize;
+        let first = req.offset == 0;
         out.push(Output::Send {
             to: Target::One(req.replica),
             msg: Message::SnapshotChunk(SnapshotChunk {
-                cid: info.cid,
-                total: info.len,
+                replica: self.cfg.me,
+                cid: p.info.cid,
+                total: p.info.len,
                 offset: req.offset,
-                bytes: blob[start..end].to_vec(),
+                bytes: p.body()[start..end].to_vec(),
+                hashes: if first { p.hashes.to_vec() } else { Vec::new() },
+                proof: if first { p.proof.clone() } else { None },
             }),
         });
     }
@@ -1327,56 +1508,79 @@ impl Replica {
     fn on_snapshot_chunk(&mut self, chunk: SnapshotChunk, out: &mut Vec<Output>) {
         let me = self.cfg.me;
         let Some(a) = self.transfer.as_mut().and_then(|t| t.assembly.as_mut()) else {
+            self.stats.transfer_ignored_chunks += 1;
             return;
         };
-        if !a.add(&chunk) {
-            if a.bytes.len() as u64 == chunk.offset + chunk.bytes.len() as u64 {
-                out.push(Output::Send {
-                    to: Target::One(a.current_source()),
-                    msg: Message::SnapshotRequest(SnapshotRequest {
-                        replica: me,
-                        cid: a.info.cid,
-                        offset: a.bytes.len() as u64,
-                    }),
-                });
+        match a.add(chunk) {
+            ChunkOutcome::Ignored => {
+                self.stats.transfer_ignored_chunks += 1;
+                return;
             }
-            return;
+            ChunkOutcome::Bad => {
+                // f+1 reported this digest, so this source lied (or its
+                // chunk was damaged): the next one, from the verified prefix.
+                self.stats.transfer_bad_chunks += 1;
+                a.next_source();
+                out.push(Self::snapshot_request(me, a));
+                return;
+            }
+            ChunkOutcome::More => {
+                out.push(Self::snapshot_request(me, a));
+                // Progress: the source is alive, its timeout starts over.
+                if let Some(t) = &mut self.transfer {
+                    t.last_request_tick = self.tick;
+                }
+                return;
+            }
+            ChunkOutcome::Complete => {}
         }
         let info = a.info;
-        let blob = std::mem::take(&mut a.bytes);
-        let decoded = (crate::checkpoint::digest(&blob) == Some(info.digest))
-            .then(|| crate::checkpoint::decode(&blob, &wire::Limits::default(), usize::MAX).ok())
-            .flatten();
-        let Some(ckpt) = decoded.filter(|c| c.cid == info.cid) else {
-            // f+1 reported this digest, so this source lied: try the next.
-            self.stats.transfer_bad_checkpoints += 1;
-            a.next_source();
-            let src = a.current_source();
-            out.push(Output::Send {
-                to: Target::One(src),
-                msg: Message::SnapshotRequest(SnapshotRequest {
-                    replica: me,
-                    cid: info.cid,
-                    offset: 0,
-                }),
-            });
-            return;
-        };
+        let (body, hashes, proof) = a.take();
         if let Some(t) = &mut self.transfer {
             t.assembly = None;
         }
+        let blob = crate::checkpoint::with_proof(body, proof.as_ref());
+        let Ok(ckpt) = crate::checkpoint::decode(&blob, &wire::Limits::default(), usize::MAX)
+            .ok()
+            .filter(|c| c.cid == info.cid)
+            .ok_or(())
+        else {
+            // Every chunk matched the digest f+1 replicas reported, so a
+            // correct replica made this blob: it cannot fail to decode
+            // unless the hash collided. Start over rather than trust it.
+            self.stats.transfer_bad_checkpoints += 1;
+            self.transfer_progress(out);
+            return;
+        };
         if ckpt.cid > self.last_decided {
-            self.install_checkpoint(info, Arc::new(blob), ckpt, out);
+            let p = Prepared {
+                info,
+                blob: Arc::new(blob),
+                hashes: Arc::new(hashes),
+                proof,
+            };
+            self.install_checkpoint(p, ckpt, out);
         }
         self.transfer_progress(out);
     }
 
+    fn snapshot_request(me: ReplicaId, a: &Assembly) -> Output {
+        Output::Send {
+            to: Target::One(a.current_source()),
+            msg: Message::SnapshotRequest(SnapshotRequest {
+                replica: me,
+                cid: a.info.cid,
+                offset: a.offset(),
+            }),
+        }
+    }
+
     /// Jumps to a verified checkpoint: its de-duplication table, its last
-    /// decision; the host replaces the application state.
+    /// decision and its (verified) proof; the host replaces the
+    /// application state.
     fn install_checkpoint(
         &mut self,
-        info: CheckpointInfo,
-        blob: Arc<Vec<u8>>,
+        p: Prepared,
         ckpt: crate::checkpoint::Checkpoint,
         out: &mut Vec<Output>,
     ) {
@@ -1394,7 +1598,8 @@ impl Replica {
             .retain(|r| !clients.is_executed(r.client, r.seq));
         self.log.clear();
         self.next_proposal = self.next_proposal.max(self.last_decided + 1);
-        self.checkpoint = Some((info, blob.clone()));
+        let (info, blob) = (p.info, p.blob.clone());
+        self.previous_checkpoint = self.checkpoint.replace(p);
         out.push(Output::InstallCheckpoint {
             info,
             blob,
@@ -1438,20 +1643,8 @@ impl Replica {
         if t.assembly.is_none() {
             if let Some((info, sources)) = t.trusted_checkpoint(self.last_decided, self.cfg.f() + 1)
             {
-                let a = Assembly {
-                    info,
-                    sources,
-                    source: 0,
-                    bytes: Vec::new(),
-                };
-                out.push(Output::Send {
-                    to: Target::One(a.current_source()),
-                    msg: Message::SnapshotRequest(SnapshotRequest {
-                        replica: self.cfg.me,
-                        cid: info.cid,
-                        offset: 0,
-                    }),
-                });
+                let a = Assembly::new(info, sources, self.cfg.snapshot_chunk_bytes);
+                out.push(Self::snapshot_request(self.cfg.me, &a));
                 t.assembly = Some(a);
             }
         }
@@ -1471,14 +1664,7 @@ impl Replica {
         match &mut t.assembly {
             Some(a) if a.source + 1 < a.sources.len() => {
                 a.next_source();
-                out.push(Output::Send {
-                    to: Target::One(a.current_source()),
-                    msg: Message::SnapshotRequest(SnapshotRequest {
-                        replica: me,
-                        cid: a.info.cid,
-                        offset: 0,
-                    }),
-                });
+                out.push(Self::snapshot_request(me, a));
             }
             _ => {
                 // Every source tried (they may have replaced that checkpoint

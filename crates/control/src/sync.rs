@@ -10,26 +10,36 @@
 //! `(ts, v)` (or none) and a `written` set:
 //! - `binds(ts, v)`: at least a Byzantine quorum of S has accepted nothing,
 //!   or accepted at a regency below `ts`, or accepted exactly `(ts, v)`
-//!   (*quorumhighest*), and more than f of S wrote `(ts, v)`
-//!   (*certifiedvalue*): `v` may have been decided and must be kept;
+//!   (*quorumhighest*), and more than f of S wrote `v` at a regency of
+//!   `ts` or later (*certifiedvalue*, as BFT-SMaRt's `LCManager` counts
+//!   it): `v` may have been decided and must be kept;
 //! - `unbound`: at least a Byzantine quorum of S accepted nothing: nothing
 //!   can have been decided, the leader chooses;
 //! - a decision proof in S settles the cid outright;
 //! - otherwise S is not yet *sound*: the leader waits for more STOPDATAs.
 //!
-//! The plan starts after `base`, the highest last-decided cid proven in S
-//! (every correct replica holds the proof of its last decision), and ends
-//! at the highest cid whose value must be kept; free cids below that get
-//! the empty batch, a no-op.
+//! **Where the plan starts.** With several instances in flight (a pipeline),
+//! a proof of cid X says nothing of X-1: X can be decided while X-1 never
+//! was. So the plan does not start after the highest proven last decision
+//! (one Byzantine replica could claim a real proof of X and leave X-1
+//! undecided for ever) but after `base`, the (f+1)-th highest proven
+//! last-decided cid in S: at least one correct replica delivered every cid
+//! up to it. Above `base`, any proof in S (a last decision, an open
+//! instance's, or a replica's `recent` proofs of what it delivered) keeps
+//! its value; a replica that delivered a cid but shows no proof for it is
+//! left out of that cid's counts (it cannot be counted as having accepted
+//! nothing). The plan ends at the highest cid whose value must be kept;
+//! free cids below that get the empty batch, a no-op.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use wire::{Cid, Digest, OpenVote, Regency, StopData};
 
 /// The values the new regency keeps.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyncPlan {
-    /// Highest cid known decided from S (with a proof).
+    /// Highest cid known delivered by a correct replica: the (f+1)-th
+    /// highest proven last decision in S.
     pub base: Cid,
     /// `(cid, digest)` for cids `base+1 ..= base+len`, in order. The digest
     /// of an empty batch marks a no-op.
@@ -44,33 +54,67 @@ enum Choice {
     NotSound,
 }
 
+/// What one STOPDATA says about one cid.
+#[derive(Debug, Clone, Copy)]
+enum Vote<'a> {
+    /// The replica delivered this cid and shows no proof of it: its vote
+    /// is not counted either way.
+    Unknown,
+    /// Its vote on the open cid (`None`: it accepted and wrote nothing).
+    Open(Option<&'a OpenVote>),
+}
+
+/// A replica's last decision counts only with its proof (cid 0 needs none).
+fn proven_last(s: &StopData) -> Cid {
+    match &s.last_decided_proof {
+        Some(p) if p.cid == s.last_decided => s.last_decided,
+        _ => 0,
+    }
+}
+
 /// Computes the plan from `stopdata` (distinct replicas, one regency,
 /// signatures and proofs already verified), for a cluster with `f` faults
 /// and Byzantine quorum `quorum`; considers at most `window` cids above the
 /// base. `None` if S is not sound (wait for more STOPDATAs).
 pub fn plan(stopdata: &[StopData], f: usize, quorum: usize, window: usize) -> Option<SyncPlan> {
-    let base = stopdata
-        .iter()
-        .filter(|s| {
-            s.last_decided_proof
-                .as_ref()
-                .is_some_and(|p| p.cid == s.last_decided)
-        })
-        .map(|s| s.last_decided)
-        .max()
-        .unwrap_or(0);
+    let mut lasts: Vec<Cid> = stopdata.iter().map(proven_last).collect();
+    lasts.sort_unstable_by(|a, b| b.cmp(a));
+    let base = lasts.get(f).copied().unwrap_or(0);
+    // Every proof in S, by cid. Two valid proofs of different values for
+    // one cid cannot exist while at most f replicas are faulty; the first
+    // in S order is taken, deterministically.
+    let mut proofs: BTreeMap<Cid, Digest> = BTreeMap::new();
+    for s in stopdata {
+        let all = s.last_decided_proof.iter().chain(s.recent.iter()).chain(
+            s.open
+                .iter()
+                .filter_map(|o| o.decided.as_ref().filter(|p| p.cid == o.cid)),
+        );
+        for p in all {
+            proofs.entry(p.cid).or_insert(p.digest);
+        }
+    }
     let top = stopdata
         .iter()
         .flat_map(|s| s.open.iter().map(|o| o.cid))
+        .chain(proofs.keys().copied())
         .filter(|&c| c > base)
         .max()
         .unwrap_or(base)
         .min(base + window as u64);
     let mut choices = Vec::new();
     for cid in base + 1..=top {
-        let votes: Vec<Option<&OpenVote>> = stopdata
+        if let Some(&d) = proofs.get(&cid) {
+            choices.push((cid, Choice::Keep(d)));
+            continue;
+        }
+        let votes: Vec<Vote<'_>> = stopdata
             .iter()
-            .map(|s| s.open.iter().find(|o| o.cid == cid))
+            .map(|s| match s.open.iter().find(|o| o.cid == cid) {
+                Some(o) => Vote::Open(Some(o)),
+                None if s.last_decided >= cid => Vote::Unknown,
+                None => Vote::Open(None),
+            })
             .collect();
         match choose(&votes, f, quorum) {
             Choice::NotSound => return None,
@@ -94,21 +138,20 @@ pub fn plan(stopdata: &[StopData], f: usize, quorum: usize, window: usize) -> Op
     Some(SyncPlan { base, values })
 }
 
-fn choose(votes: &[Option<&OpenVote>], f: usize, quorum: usize) -> Choice {
-    // (The decoder refuses a proof filed under another cid; checked again
-    // here because a misfiled proof would decide the wrong value.)
-    if let Some(p) = votes
+fn choose(votes: &[Vote<'_>], f: usize, quorum: usize) -> Choice {
+    // Only the replicas whose vote is known count, towards any threshold.
+    let known: Vec<Option<&OpenVote>> = votes
         .iter()
-        .flatten()
-        .find_map(|v| v.decided.as_ref().filter(|p| p.cid == v.cid))
-    {
-        return Choice::Keep(p.digest);
-    }
+        .filter_map(|v| match v {
+            Vote::Open(o) => Some(*o),
+            Vote::Unknown => None,
+        })
+        .collect();
     let accepted = |v: &Option<&OpenVote>| v.and_then(|v| v.accepted);
-    let candidates: BTreeSet<(Regency, Digest)> = votes.iter().filter_map(accepted).collect();
+    let candidates: BTreeSet<(Regency, Digest)> = known.iter().filter_map(accepted).collect();
     // Highest regency first: if several bind, the newest is kept.
     for &(ts, d) in candidates.iter().rev() {
-        let quorum_highest = votes
+        let quorum_highest = known
             .iter()
             .filter(|v| match accepted(v) {
                 None => true,
@@ -116,16 +159,16 @@ fn choose(votes: &[Option<&OpenVote>], f: usize, quorum: usize) -> Choice {
             })
             .count()
             >= quorum;
-        let certified = votes
+        let certified = known
             .iter()
-            .filter(|v| v.is_some_and(|v| v.written.contains(&(ts, d))))
+            .filter(|v| v.is_some_and(|v| v.written.iter().any(|&(t, x)| t >= ts && x == d)))
             .count()
             > f;
         if quorum_highest && certified {
             return Choice::Keep(d);
         }
     }
-    if votes.iter().filter(|v| accepted(v).is_none()).count() >= quorum {
+    if known.iter().filter(|v| accepted(v).is_none()).count() >= quorum {
         Choice::Free
     } else {
         Choice::NotSound
@@ -155,7 +198,16 @@ mod tests {
                 accepts: vec![],
             }),
             open,
+            recent: vec![],
             signature: Signature::PENDING,
+        }
+    }
+
+    fn proof(cid: Cid, digest: Digest) -> DecisionProof {
+        DecisionProof {
+            cid,
+            digest,
+            accepts: vec![],
         }
     }
 
@@ -173,15 +225,76 @@ mod tests {
     }
 
     #[test]
-    fn nothing_open_means_an_empty_plan_after_the_highest_proven_decision() {
+    fn the_plan_starts_after_the_f_plus_1_th_highest_proven_decision() {
+        // 7 is proven by one replica only; 6 by two (one of them correct).
         let s = vec![sd(0, 5, vec![]), sd(1, 7, vec![]), sd(2, 6, vec![])];
         assert_eq!(
             plan(&s, F, Q, 64),
             Some(SyncPlan {
-                base: 7,
-                values: vec![]
+                base: 6,
+                values: vec![(7, d(99))]
             })
         );
+    }
+
+    #[test]
+    fn a_proven_last_decided_that_skips_an_undecided_cid_does_not_halt_the_cluster() {
+        // Pipelining: cid 7 was decided, cid 6 never was. A Byzantine
+        // replica reports 7 as its last decision, with the real proof. The
+        // plan must still give cid 6 a value (here the no-op), or delivery
+        // in cid order stops for good.
+        let liar = sd(3, 7, vec![]);
+        let s = vec![
+            sd(0, 5, vec![vote(6, None, vec![])]),
+            sd(1, 5, vec![vote(6, None, vec![])]),
+            sd(2, 5, vec![]),
+            liar,
+        ];
+        let empty = wire::Batch::new(vec![]).digest();
+        assert_eq!(
+            plan(&s, F, Q, 64),
+            Some(SyncPlan {
+                base: 5,
+                values: vec![(6, empty), (7, d(99))]
+            })
+        );
+    }
+
+    #[test]
+    fn a_replica_ahead_shows_the_proofs_of_its_recent_decisions() {
+        let mut ahead = sd(0, 10, vec![]);
+        ahead.recent = (7..10).map(|c| proof(c, d(c as u8))).collect();
+        let s = vec![ahead, sd(1, 6, vec![]), sd(2, 6, vec![])];
+        assert_eq!(
+            plan(&s, F, Q, 64).unwrap().values,
+            vec![(7, d(7)), (8, d(8)), (9, d(9)), (10, d(99))]
+        );
+    }
+
+    #[test]
+    fn a_replica_ahead_without_proofs_is_not_counted_as_having_accepted_nothing() {
+        // Replica 0 delivered cid 6 (it is at 10) but shows no proof of it.
+        // Counting it as "accepted nothing" would make cid 6 look free with
+        // the two others, and a new value could be decided there.
+        let s = vec![
+            sd(0, 10, vec![]),
+            sd(1, 5, vec![vote(6, None, vec![])]),
+            sd(2, 5, vec![vote(6, None, vec![])]),
+        ];
+        assert_eq!(plan(&s, F, Q, 64), None, "not sound: wait for more");
+    }
+
+    #[test]
+    fn certified_value_counts_writes_at_or_after_the_timestamp() {
+        // v accepted at regency 1 by replica 0; replicas 1 and 2 wrote v at
+        // regency 2 (a later SYNC kept it) and accepted nothing since. As in
+        // BFT-SMaRt's certifiedValue, writes at ts or later certify (1, v).
+        let s = vec![
+            sd(0, 0, vec![vote(1, Some((1, d(1))), vec![(1, d(1))])]),
+            sd(1, 0, vec![vote(1, None, vec![(2, d(1))])]),
+            sd(2, 0, vec![vote(1, None, vec![(2, d(1))])]),
+        ];
+        assert_eq!(plan(&s, F, Q, 64).unwrap().values, vec![(1, d(1))]);
     }
 
     #[test]
@@ -190,6 +303,13 @@ mod tests {
         liar.last_decided = 1000;
         let s = vec![sd(0, 5, vec![]), sd(1, 5, vec![]), liar];
         assert_eq!(plan(&s, F, Q, 64).unwrap().base, 5);
+        // Even f+1 of them never move the base: the claims leave their
+        // votes on cids 1..=5 unknown, so the leader waits for more
+        // STOPDATAs rather than start anywhere near 1000.
+        let mut liar2 = sd(2, 0, vec![]);
+        liar2.last_decided = 1000;
+        let s = vec![sd(0, 5, vec![]), liar2, s[2].clone()];
+        assert_eq!(plan(&s, F, Q, 64), None);
     }
 
     #[test]

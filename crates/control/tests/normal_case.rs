@@ -35,19 +35,19 @@ fn a_request_is_proposed_written_accepted_and_decided_everywhere() {
 fn a_replica_sends_accept_only_after_a_quorum_of_writes() {
     let mut net = Net::new(4);
     net.submit(2, b"x");
-    // Deliver the REQUESTs and the PROPOSE, then WRITEs from replicas 0 and 1 only.
+    // Deliver the REQUESTs and the PROPOSE (replica 3 makes it durable and
+    // counts its own WRITE at once), then the WRITE of replica 0 only.
     while net.deliver_first(|p| is_kind(p, "REQUEST") || is_kind(p, "PROPOSE")) {}
     let writes_to_3 = |from: u16| {
         move |p: &Packet| is_kind(p, "WRITE") && p.to == ReplicaId(3) && p.from == ReplicaId(from)
     };
     assert!(net.deliver_first(writes_to_3(0)));
-    assert!(net.deliver_first(writes_to_3(1)));
     assert!(!net
         .wire
         .iter()
         .any(|p| is_kind(p, "ACCEPT") && p.from == ReplicaId(3)));
-    // The third matching WRITE (replica 3's own) completes the quorum 2f+1 = 3.
-    assert!(net.deliver_first(writes_to_3(3)));
+    // The third matching WRITE completes the quorum 2f+1 = 3.
+    assert!(net.deliver_first(writes_to_3(1)));
     assert!(net
         .wire
         .iter()
@@ -329,14 +329,45 @@ fn seven_replicas_decide_with_quorum_five_and_two_silent() {
 
 #[test]
 fn the_pending_pool_is_bounded() {
-    let mut net = Net::with_config(4, |c| c.pending_requests_max = 3);
-    for i in 0..5 {
-        let r = net.request(1, &[i]);
+    let mut net = Net::with_config(4, |c| {
+        c.pending_requests_max = 8;
+        c.pending_per_client_max = 2;
+    });
+    for origin in 0..4 {
+        for i in 0..3 {
+            let r = net.request(origin, &[i]);
+            net.send(origin, 2, Message::Request(r));
+        }
+    }
+    net.run_filtered(12, |_| true);
+    assert_eq!(net.replicas[2].pending_len(), 8);
+    assert_eq!(net.replicas[2].stats().requests_refused_client_full, 4);
+}
+
+#[test]
+fn one_replica_flooding_requests_does_not_starve_the_others() {
+    // Replica 3 (Byzantine) floods replica 2 with validly signed requests
+    // of its own proxy, far more than the pool holds.
+    let mut net = Net::with_config(4, |c| {
+        c.pending_requests_max = 64;
+        c.pending_per_client_max = 16;
+    });
+    net.down[0] = true; // no leader: nothing is ordered, the pool only fills
+    for i in 0..1000u32 {
+        let r = net.request(3, &i.to_be_bytes());
+        net.send(3, 2, Message::Request(r));
+    }
+    net.run(10_000);
+    assert_eq!(net.replicas[2].pending_len(), 16, "replica 3's share only");
+    assert_eq!(net.replicas[2].stats().requests_refused_client_full, 984);
+    // Honest replica 1's requests still get in.
+    for i in 0..16u32 {
+        let r = net.request(1, &i.to_be_bytes());
         net.send(1, 2, Message::Request(r));
     }
-    net.run(10);
-    assert_eq!(net.replicas[2].pending_len(), 3);
-    assert_eq!(net.replicas[2].stats().requests_refused_full, 2);
+    net.run(100);
+    assert_eq!(net.replicas[2].pending_len(), 32);
+    assert_eq!(net.replicas[2].stats().requests_refused_full, 0);
 }
 
 #[test]

@@ -379,6 +379,7 @@ impl Signer {
                     Message::StateRequest(x) => Some(x.replica),
                     Message::StateReply(x) => Some(x.replica),
                     Message::SnapshotRequest(x) => Some(x.replica),
+                    Message::SnapshotChunk(x) => Some(x.replica),
                     _ => None,
                 };
                 assert!(
@@ -741,7 +742,16 @@ impl Verifier {
                 }
                 Ok(())
             }
-            Message::Batch(_) | Message::SnapshotChunk(_) => Ok(()),
+            Message::Batch(_) => Ok(()),
+            Message::SnapshotChunk(x) => {
+                if x.replica != sender {
+                    return Err(VerifyError::WrongSender("SNAPSHOT_CHUNK"));
+                }
+                match &x.proof {
+                    Some(p) => proof_jobs(&self.keyring, item, p, jobs),
+                    None => Ok(()),
+                }
+            }
             Message::StateRequest(x) => {
                 if x.replica != sender {
                     return Err(VerifyError::WrongSender("STATE_REQUEST"));
@@ -788,7 +798,8 @@ impl Verifier {
         let proofs = sd
             .last_decided_proof
             .iter()
-            .chain(sd.open.iter().filter_map(|o| o.decided.as_ref()));
+            .chain(sd.open.iter().filter_map(|o| o.decided.as_ref()))
+            .chain(sd.recent.iter());
         for p in proofs {
             proof_jobs(&self.keyring, item, p, jobs)?;
         }

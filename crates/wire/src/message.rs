@@ -21,7 +21,7 @@ use crate::sync::{BatchReply, Fetch, Stop, StopData, Sync};
 use crate::transfer::{SnapshotChunk, SnapshotRequest, StateReply, StateRequest};
 
 /// Version of the message encoding this build writes and reads.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 
 /// Size bounds enforced while decoding. Derived from the cluster config;
 /// every replica of a cluster must use the same values.
@@ -34,8 +34,13 @@ pub struct Limits {
     pub batch_requests_max: usize,
     /// Largest encoded message, bytes. Must hold a full batch.
     pub message_bytes_max: usize,
-    /// Most open instances one STOPDATA reports.
+    /// Most open instances one STOPDATA reports, and most recent decision
+    /// proofs it carries (`control::Config::stopdata_entries_max`).
     pub instances_max: usize,
+    /// Most decisions in one STATE_REPLY
+    /// (`control::Config::state_reply_decisions_max`; sender and decoder
+    /// must use the same bound).
+    pub state_reply_decisions_max: usize,
     /// Most replicas in a cluster (bounds proofs and SYNC).
     pub replicas_max: usize,
 }
@@ -47,6 +52,7 @@ impl Default for Limits {
             batch_requests_max: 1024,
             message_bytes_max: 8 * 1024 * 1024,
             instances_max: 1024,
+            state_reply_decisions_max: 4096,
             replicas_max: 1024,
         }
     }
@@ -403,7 +409,7 @@ impl Message {
                     .map(|d| d.batch.encoded_len() + 512)
                     .sum::<usize>()
             }
-            Message::SnapshotChunk(m) => 28 + m.bytes.len(),
+            Message::SnapshotChunk(m) => 512 + m.bytes.len() + 32 * m.hashes.len(),
         }
     }
 
@@ -469,7 +475,7 @@ impl Message {
                 cid: r.u64()?,
                 offset: r.u64()?,
             }),
-            tag::SNAPSHOT_CHUNK => Message::SnapshotChunk(SnapshotChunk::decode(&mut r)?),
+            tag::SNAPSHOT_CHUNK => Message::SnapshotChunk(SnapshotChunk::decode(&mut r, limits)?),
             t => {
                 return Err(DecodeError::UnknownTag {
                     what: "message",

@@ -71,6 +71,12 @@ pub struct StopData {
     pub last_decided_proof: Option<DecisionProof>,
     /// Open instances above `last_decided`, ascending by cid.
     pub open: Vec<OpenVote>,
+    /// Decision proofs of instances delivered just below `last_decided`
+    /// (ascending, each cid below `last_decided`): with pipelining a proof
+    /// of `last_decided` says nothing of the cids below it, so a replica
+    /// ahead of the others shows what it delivered there (see
+    /// `control::sync::plan`). At most `Limits::instances_max`.
+    pub recent: Vec<DecisionProof>,
     pub signature: Signature,
 }
 
@@ -236,6 +242,10 @@ impl StopData {
         for o in &self.open {
             o.encode(w);
         }
+        w.count(self.recent.len());
+        for p in &self.recent {
+            p.encode(w);
+        }
     }
     pub(crate) fn encode(&self, w: &mut Writer) {
         self.encode_body(w);
@@ -261,6 +271,15 @@ impl StopData {
             }
             open.push(o);
         }
+        let n = r.count("recent decisions", limits.instances_max, 44)?;
+        let mut recent: Vec<DecisionProof> = Vec::with_capacity(n);
+        for _ in 0..n {
+            let p = DecisionProof::decode(r, limits)?;
+            if recent.last().is_some_and(|q| q.cid >= p.cid) || p.cid >= last_decided {
+                return Err(DecodeError::Invalid("STOPDATA recent decisions order"));
+            }
+            recent.push(p);
+        }
         let signature = Signature(r.array()?);
         Ok(Self {
             regency,
@@ -268,6 +287,7 @@ impl StopData {
             last_decided,
             last_decided_proof,
             open,
+            recent,
             signature,
         })
     }

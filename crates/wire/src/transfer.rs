@@ -15,6 +15,10 @@ use crate::sync::DecisionProof;
 /// Largest snapshot chunk, bytes.
 pub const CHUNK_BYTES_MAX: usize = 1 << 20;
 
+/// Most chunk digests a checkpoint's manifest lists (a 64 GiB snapshot in
+/// 1 MiB chunks).
+pub const CHUNKS_MAX: usize = 1 << 16;
+
 /// STATE_REQUEST: `replica` has delivered up to `from_cid - 1`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StateRequest {
@@ -60,14 +64,26 @@ pub struct SnapshotRequest {
     pub offset: u64,
 }
 
-/// SNAPSHOT_CHUNK: bytes `offset..offset+bytes.len()` of checkpoint `cid`
-/// (`total` bytes in all).
+/// SNAPSHOT_CHUNK from `replica`: bytes `offset..offset+bytes.len()` of the
+/// body of checkpoint `cid` (`total` bytes in all).
+///
+/// The chunk at offset 0 also carries the checkpoint's manifest — the digest
+/// of every chunk, whose hash is the checkpoint digest f+1 replicas agreed on
+/// (`control::checkpoint`) — and the decision proof of `cid` (checked by the
+/// verifier like every proof), so each later chunk is checked on arrival and
+/// a bad one blames its sender alone.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnapshotChunk {
+    pub replica: ReplicaId,
     pub cid: Cid,
     pub total: u64,
     pub offset: u64,
     pub bytes: Vec<u8>,
+    /// The manifest (offset 0 only; empty otherwise). At most
+    /// [`CHUNKS_MAX`].
+    pub hashes: Vec<Digest>,
+    /// The decision proof of `cid` (offset 0 only; none for cid 0).
+    pub proof: Option<DecisionProof>,
 }
 
 impl StateReply {
@@ -103,7 +119,11 @@ impl StateReply {
         } else {
             None
         };
-        let n = r.count("STATE_REPLY decisions", limits.instances_max, 48)?;
+        let n = r.count(
+            "STATE_REPLY decisions",
+            limits.state_reply_decisions_max,
+            48,
+        )?;
         let mut decisions: Vec<Decided> = Vec::with_capacity(n);
         for _ in 0..n {
             let batch = Arc::new(Batch::decode(r, limits)?);
@@ -135,12 +155,25 @@ impl StateReply {
 
 impl SnapshotChunk {
     pub(crate) fn encode(&self, w: &mut Writer) {
+        w.u16(self.replica.0);
         w.u64(self.cid);
         w.u64(self.total);
         w.u64(self.offset);
         w.bytes(&self.bytes);
+        w.count(self.hashes.len());
+        for h in &self.hashes {
+            w.raw(&h.0);
+        }
+        match &self.proof {
+            None => w.bool(false),
+            Some(p) => {
+                w.bool(true);
+                p.encode(w);
+            }
+        }
     }
-    pub(crate) fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+    pub(crate) fn decode(r: &mut Reader<'_>, limits: &Limits) -> Result<Self, DecodeError> {
+        let replica = ReplicaId(r.u16()?);
         let cid = r.u64()?;
         let total = r.u64()?;
         let offset = r.u64()?;
@@ -151,11 +184,29 @@ impl SnapshotChunk {
         {
             return Err(DecodeError::Invalid("snapshot chunk beyond its total"));
         }
+        let n = r.count("snapshot manifest", CHUNKS_MAX, 32)?;
+        let hashes: Vec<Digest> = (0..n)
+            .map(|_| Ok(Digest(r.array()?)))
+            .collect::<Result<_, DecodeError>>()?;
+        let proof = if r.bool()? {
+            Some(DecisionProof::decode(r, limits)?)
+        } else {
+            None
+        };
+        if offset != 0 && (!hashes.is_empty() || proof.is_some()) {
+            return Err(DecodeError::Invalid("manifest outside the first chunk"));
+        }
+        if proof.as_ref().is_some_and(|p| p.cid != cid) {
+            return Err(DecodeError::Invalid("snapshot proof for another cid"));
+        }
         Ok(Self {
+            replica,
             cid,
             total,
             offset,
             bytes,
+            hashes,
+            proof,
         })
     }
 }

@@ -184,6 +184,7 @@ fn stopdata(i: u16, decided: Option<wire::DecisionProof>) -> Message {
             written: vec![(0, Digest([3; 32]))],
             decided,
         }],
+        recent: vec![],
         signature: Signature::PENDING,
     })
 }

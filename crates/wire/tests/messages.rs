@@ -87,12 +87,24 @@ fn arb_message() -> impl Strategy<Value = Message> {
                 if let Some(p) = &mut last_decided_proof {
                     p.cid = last_decided;
                 }
+                // Recent proofs: ascending, below last_decided.
+                let recent = match &last_decided_proof {
+                    Some(p) if last_decided >= 2 => {
+                        let below = |c| wire::DecisionProof {
+                            cid: c,
+                            ..p.clone()
+                        };
+                        vec![below(last_decided - 2), below(last_decided - 1)]
+                    }
+                    _ => vec![],
+                };
                 wire::StopData {
                     regency,
                     replica: ReplicaId(r),
                     last_decided,
                     last_decided_proof,
                     open,
+                    recent,
                     signature,
                 }
             },
@@ -311,6 +323,7 @@ fn a_decision_proof_filed_under_another_cid_is_refused() {
                 written: vec![],
                 decided: Some(proof(proof_cid)),
             }],
+            recent: vec![],
             signature: Signature::PENDING,
         })
     };
@@ -324,5 +337,42 @@ fn a_decision_proof_filed_under_another_cid_is_refused() {
             Message::decode(&bad.encode(), &Limits::default()),
             Err(wire::DecodeError::Invalid(_))
         ));
+    }
+}
+
+#[test]
+fn a_snapshot_chunk_round_trips_and_carries_its_manifest_only_at_offset_zero() {
+    let proof = wire::DecisionProof {
+        cid: 7,
+        digest: Digest([1; 32]),
+        accepts: vec![],
+    };
+    let chunk = |offset, hashes: Vec<Digest>, proof: Option<wire::DecisionProof>| {
+        Message::SnapshotChunk(wire::SnapshotChunk {
+            replica: ReplicaId(2),
+            cid: 7,
+            total: 100,
+            offset,
+            bytes: vec![5; 10],
+            hashes,
+            proof,
+        })
+    };
+    let first = chunk(0, vec![Digest([3; 32]); 2], Some(proof.clone()));
+    assert_eq!(
+        Message::decode(&first.encode(), &Limits::default()).unwrap(),
+        first
+    );
+    let later = chunk(10, vec![], None);
+    assert_eq!(
+        Message::decode(&later.encode(), &Limits::default()).unwrap(),
+        later
+    );
+    for bad in [
+        chunk(10, vec![Digest([3; 32])], None),
+        chunk(10, vec![], Some(proof.clone())),
+        chunk(0, vec![], Some(wire::DecisionProof { cid: 8, ..proof })),
+    ] {
+        assert!(Message::decode(&bad.encode(), &Limits::default()).is_err());
     }
 }

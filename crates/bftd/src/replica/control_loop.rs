@@ -11,15 +11,16 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use control::{Output, Replica, Target};
+use control::checkpoint::Prepared;
+use control::{ClientTable, Decision, Output, Replica, Target};
 use crossbeam_channel::{select, Receiver, Sender, TryRecvError};
 use dataplane::{Dest, Outbox};
 use nic::{RxPath, TxPath};
-use wire::{CheckpointInfo, Cid, Digest, Message, ReplicaId, Request, Verified};
+use node::{Ack, DiskJob};
+use wire::{CheckpointInfo, Cid, Message, Regency, ReplicaId, Request, Verified};
 
 use super::executor::ExecJob;
 use super::status::Status;
-use super::storage_thread::StorageJob;
 
 /// Inputs handled in one round, at most, before the round's flush: they
 /// share one write per link.
@@ -32,26 +33,32 @@ pub struct ControlLoop<T: TxPath, R: RxPath> {
     /// two); `None` when a pinned dataplane thread feeds `inbox`.
     pub inline: Option<dataplane::Receiver<R>>,
     pub core: Replica,
-    /// Owns the send side of every link.
-    pub outbox: Outbox<T>,
+    /// The network, disk and executor as `node::carry_out` sees them.
+    pub io: Io<T>,
     /// Verified messages from the dataplane.
     pub inbox: Receiver<Verified<Message>>,
     /// This replica's own requests, signed on the API side: broadcast, then
     /// fed to the core as its own copy.
     pub from_proxy: Receiver<Verified<Request>>,
-    /// Durable batches acknowledged by the storage thread.
-    pub persisted: Receiver<(Cid, Digest)>,
+    /// Durable writes acknowledged by the storage thread.
+    pub persisted: Receiver<Ack>,
     /// Checkpoints the executor took.
-    pub checkpoints: Receiver<(CheckpointInfo, Arc<Vec<u8>>)>,
+    pub checkpoints: Receiver<Prepared>,
     /// Links going up and down, from the dataplane.
     pub links: Receiver<(ReplicaId, bool)>,
-    /// The storage thread, or `None` with `durability = "memory"`.
-    pub storage: Option<Sender<StorageJob>>,
-    pub to_executor: Sender<ExecJob>,
     pub tick: Duration,
     pub status: Arc<Status>,
     /// A copy of the core's counters, refreshed every tick.
     pub stats: Arc<parking_lot::Mutex<control::Stats>>,
+}
+
+/// The control thread's outside world: links, storage thread, executor.
+pub struct Io<T: TxPath> {
+    /// Owns the send side of every link.
+    pub outbox: Outbox<T>,
+    /// The storage thread, or `None` with `durability = "memory"`.
+    pub storage: Option<Sender<DiskJob>>,
+    pub to_executor: Sender<ExecJob>,
     pub hist: Arc<super::status::Histograms>,
     /// Per open instance: when this replica proposed or accepted its
     /// proposal, and when it sent its ACCEPT (for the phase histograms).
@@ -60,12 +67,74 @@ pub struct ControlLoop<T: TxPath, R: RxPath> {
     pub timing_max: usize,
 }
 
+/// A thread up- or downstream is gone: the replica is stopping.
+pub struct Gone;
+
+impl<T: TxPath> node::Host for Io<T> {
+    type Error = Gone;
+
+    fn send(
+        &mut self,
+        _: &Replica,
+        to: Target,
+        msg: Message,
+    ) -> Result<Option<Verified<Message>>, Gone> {
+        self.time_phase(&msg);
+        let dest = match to {
+            Target::All => Dest::All,
+            Target::One(r) => Dest::One(r),
+        };
+        Ok(self.outbox.send(dest, msg))
+    }
+
+    fn write(&mut self, _: &Replica, job: DiskJob) -> Result<bool, Gone> {
+        match &self.storage {
+            Some(st) => st.send(job).map(|_| false).map_err(|_| Gone),
+            None => Ok(true), // durability = "memory": nothing to wait for
+        }
+    }
+
+    fn deliver(&mut self, _: &Replica, d: Decision) -> Result<(), Gone> {
+        if let Some((proposed, accepted)) = self.timing.remove(&d.cid) {
+            let now = Instant::now();
+            self.hist.consensus_instance.observe(now - proposed);
+            if let Some(a) = accepted {
+                self.hist.accept_phase.observe(now - a);
+            }
+        }
+        self.timing.retain(|&c, _| c > d.cid);
+        self.to_executor.send(ExecJob::Decide(d)).map_err(|_| Gone)
+    }
+
+    fn install(
+        &mut self,
+        _: &Replica,
+        info: CheckpointInfo,
+        app: Vec<u8>,
+        clients: ClientTable,
+    ) -> Result<(), Gone> {
+        tracing::info!(cid = info.cid, "state transfer: installing checkpoint");
+        self.to_executor
+            .send(ExecJob::Install {
+                cid: info.cid,
+                app,
+                clients,
+            })
+            .map_err(|_| Gone)
+    }
+
+    fn regency(&mut self, _: &Replica, regency: Regency, leader: ReplicaId) -> Result<(), Gone> {
+        tracing::info!(regency, leader = leader.0, "regency installed");
+        Ok(())
+    }
+}
+
 /// One input of the control thread.
 enum Input {
     Message(Verified<Message>),
     Request(Verified<Request>),
-    Persisted(Cid, Digest),
-    Checkpoint(CheckpointInfo, Arc<Vec<u8>>),
+    Persisted(Ack),
+    Checkpoint(Prepared),
     Link(ReplicaId, bool),
     /// Nothing came before the deadline.
     Idle,
@@ -122,7 +191,7 @@ impl<T: TxPath, R: RxPath> ControlLoop<T, R> {
                     return;
                 }
             }
-            self.outbox.flush();
+            self.io.outbox.flush();
             self.publish();
         }
     }
@@ -142,8 +211,8 @@ impl<T: TxPath, R: RxPath> ControlLoop<T, R> {
                     Input::Idle
                 }
             },
-            recv(self.persisted) -> p => p.map_or(Input::Closed, |(c, d)| Input::Persisted(c, d)),
-            recv(self.checkpoints) -> c => c.map_or(Input::Closed, |(i, b)| Input::Checkpoint(i, b)),
+            recv(self.persisted) -> p => p.map_or(Input::Closed, Input::Persisted),
+            recv(self.checkpoints) -> c => c.map_or(Input::Closed, Input::Checkpoint),
             recv(self.links) -> l => l.map_or(Input::Closed, |(p, up)| Input::Link(p, up)),
             default(wait) => Input::Idle,
         }
@@ -177,11 +246,11 @@ impl<T: TxPath, R: RxPath> ControlLoop<T, R> {
         if let Ok((p, up)) = self.links.try_recv() {
             return Input::Link(p, up);
         }
-        if let Ok((i, b)) = self.checkpoints.try_recv() {
-            return Input::Checkpoint(i, b);
+        if let Ok(p) = self.checkpoints.try_recv() {
+            return Input::Checkpoint(p);
         }
         match self.persisted.try_recv() {
-            Ok((c, d)) => Input::Persisted(c, d),
+            Ok(a) => Input::Persisted(a),
             Err(TryRecvError::Disconnected) => Input::Closed,
             Err(TryRecvError::Empty) => Input::Idle,
         }
@@ -199,12 +268,12 @@ impl<T: TxPath, R: RxPath> ControlLoop<T, R> {
                 // first, the request timeout forwards it to the new leader).
                 let own = r.into_message();
                 if !self.core.is_leader() || self.core.is_syncing() {
-                    self.outbox.send_signed(Dest::All, &own);
+                    self.io.outbox.send_signed(Dest::All, &own);
                 }
                 self.core.on_message(own, &mut s.out);
             }
-            Input::Persisted(cid, digest) => self.core.on_persisted(cid, digest, &mut s.out),
-            Input::Checkpoint(info, blob) => self.core.on_checkpoint(info, blob),
+            Input::Persisted(ack) => ack.apply(&mut self.core, &mut s.out),
+            Input::Checkpoint(p) => self.core.on_checkpoint(p),
             Input::Link(peer, up) => self.core.on_link(peer, up),
             Input::Idle => {}
             Input::Closed => return Err(()),
@@ -212,92 +281,29 @@ impl<T: TxPath, R: RxPath> ControlLoop<T, R> {
         self.carry_out(s)
     }
 
-    /// Carries out outputs until none are left, feeding own copies of sent
-    /// messages back to the core. Err if a downstream thread is gone.
+    /// Carries out outputs until none are left (`node::carry_out`, shared
+    /// with the simulator). Err if a downstream thread is gone.
     fn carry_out(&mut self, s: &mut Scratch) -> Result<(), ()> {
-        // Each round of own copies produces finitely many outputs: the core
-        // answers its own PROPOSE with one WRITE, WRITEs with at most one
-        // ACCEPT per instance, and so on.
-        loop {
-            std::mem::swap(&mut s.out, &mut s.work);
-            for o in s.work.drain(..) {
-                match o {
-                    Output::Send { to, msg } => {
-                        self.time_phase(&msg);
-                        let dest = match to {
-                            Target::All => Dest::All,
-                            Target::One(r) => Dest::One(r),
-                        };
-                        if let Some(copy) = self.outbox.send(dest, msg) {
-                            s.own.push_back(copy);
-                        }
-                    }
-                    Output::Persist {
-                        cid,
-                        regency,
-                        batch,
-                    } => match &self.storage {
-                        Some(st) => st
-                            .send(StorageJob::Proposal {
-                                cid,
-                                regency,
-                                batch,
-                            })
-                            .map_err(|_| ())?,
-                        None => self.core.on_persisted(cid, batch.digest(), &mut s.out),
-                    },
-                    Output::Deliver(d) => {
-                        if let Some((proposed, accepted)) = self.timing.remove(&d.cid) {
-                            let now = Instant::now();
-                            self.hist.consensus_instance.observe(now - proposed);
-                            if let Some(a) = accepted {
-                                self.hist.accept_phase.observe(now - a);
-                            }
-                        }
-                        self.timing.retain(|&c, _| c > d.cid);
-                        if let Some(st) = &self.storage {
-                            st.send(StorageJob::Decision {
-                                batch: d.batch.clone(),
-                                proof: d.proof.clone(),
-                            })
-                            .map_err(|_| ())?;
-                        }
-                        self.to_executor.send(ExecJob::Decide(d)).map_err(|_| ())?;
-                    }
-                    Output::Regency { regency, leader } => {
-                        tracing::info!(regency, leader = leader.0, "regency installed");
-                        if let Some(st) = &self.storage {
-                            st.send(StorageJob::Regency(regency)).map_err(|_| ())?;
-                        }
-                    }
-                    Output::InstallCheckpoint { info, blob, app } => {
-                        tracing::info!(cid = info.cid, "state transfer: installing checkpoint");
-                        if let Some(st) = &self.storage {
-                            st.send(StorageJob::Installed {
-                                cid: info.cid,
-                                blob,
-                            })
-                            .map_err(|_| ())?;
-                        }
-                        let clients = self.core.clients().clone();
-                        self.to_executor
-                            .send(ExecJob::Install {
-                                cid: info.cid,
-                                app,
-                                clients,
-                            })
-                            .map_err(|_| ())?;
-                    }
-                }
-            }
-            match s.own.pop_front() {
-                Some(m) => self.core.on_message(m, &mut s.out),
-                None if s.out.is_empty() => return Ok(()),
-                None => {}
-            }
-        }
+        node::carry_out(
+            &mut self.core,
+            &mut self.io,
+            &mut s.out,
+            &mut s.work,
+            &mut s.own,
+        )
+        .map_err(|Gone| ())
     }
 
+    fn publish(&self) {
+        let s = &self.status;
+        Status::set(&s.regency, self.core.regency() as u64);
+        Status::set(&s.leader, self.core.leader().0 as u64);
+        Status::set(&s.last_decided_cid, self.core.last_decided());
+        Status::set(&s.pending_requests, self.core.pending_len() as u64);
+    }
+}
+
+impl<T: TxPath> Io<T> {
     /// Notes the phase transitions of an instance from the messages this
     /// replica sends: PROPOSE (leader) or WRITE (backup) starts it, ACCEPT
     /// ends the WRITE phase.
@@ -321,13 +327,5 @@ impl<T: TxPath, R: RxPath> ControlLoop<T, R> {
         while self.timing.len() > self.timing_max {
             self.timing.pop_first();
         }
-    }
-
-    fn publish(&self) {
-        let s = &self.status;
-        Status::set(&s.regency, self.core.regency() as u64);
-        Status::set(&s.leader, self.core.leader().0 as u64);
-        Status::set(&s.last_decided_cid, self.core.last_decided());
-        Status::set(&s.pending_requests, self.core.pending_len() as u64);
     }
 }

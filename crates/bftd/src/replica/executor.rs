@@ -9,15 +9,16 @@
 
 use std::sync::Arc;
 
+use control::checkpoint::Prepared;
 use control::{ClientTable, Decision};
 use crossbeam_channel::{Receiver, Sender};
 use kv::{KvError, Store};
+use node::DiskJob;
 use parking_lot::RwLock;
-use wire::{CheckpointInfo, ClientId, Request};
+use wire::ClientId;
 
 use super::proxy::Waiters;
 use super::status::Status;
-use super::storage_thread::StorageJob;
 
 /// Work for the executor.
 pub enum ExecJob {
@@ -42,37 +43,15 @@ pub struct Executor {
     /// Most commands decoded from one request.
     pub commands_per_request_max: usize,
     /// Checkpoints taken, reported to the control thread.
-    pub checkpoints: Sender<(CheckpointInfo, Arc<Vec<u8>>)>,
+    pub checkpoints: Sender<Prepared>,
     /// The storage thread (`None` with `durability = "memory"`).
-    pub storage: Option<Sender<StorageJob>>,
+    pub storage: Option<Sender<DiskJob>>,
+    /// The checkpoint chunk size (`control::Config::snapshot_chunk_bytes`).
+    pub snapshot_chunk_bytes: usize,
     pub hist: Arc<super::status::Histograms>,
     /// Wakes the control thread when it waits in the transport (inline
     /// dataplane).
     pub wake: Option<nic::RxWaker>,
-}
-
-/// Executes one request against `store`: its writes always, its reads only
-/// when `own` (this replica's client asked). Returns one result per command
-/// when `own`; an undecodable payload (deterministic at every replica)
-/// executes nothing and returns `Err`.
-pub fn execute_request(
-    store: &mut Store,
-    r: &Request,
-    own: bool,
-    commands_max: usize,
-) -> Result<Vec<Result<kv::Response, KvError>>, wire::DecodeError> {
-    let commands = kv::command::decode_batch(&r.payload, commands_max)?;
-    Ok(commands
-        .iter()
-        .filter_map(|c| {
-            if c.is_read_only() {
-                own.then(|| store.execute_read_only(c))
-            } else {
-                let res = store.apply(c);
-                own.then_some(res)
-            }
-        })
-        .collect())
 }
 
 impl Executor {
@@ -95,11 +74,20 @@ impl Executor {
         for r in d.fresh_requests() {
             executed += 1;
             let own = r.client == self.me;
-            let result = execute_request(
-                &mut self.store.write(),
-                r,
-                own,
-                self.commands_per_request_max,
+            let result = kv::command::decode_batch(&r.payload, self.commands_per_request_max).map(
+                |commands| {
+                    if commands.iter().all(|c| c.is_read_only()) {
+                        // Ordered reads run only where their client asked,
+                        // under the read lock (serving reads go on).
+                        if own {
+                            node::exec::read_commands(&self.store.read(), &commands)
+                        } else {
+                            Vec::new()
+                        }
+                    } else {
+                        node::exec::execute_commands(&mut self.store.write(), &commands, own)
+                    }
+                },
             );
             match result {
                 Ok(results) if own => {
@@ -128,29 +116,20 @@ impl Executor {
     }
 
     /// Takes the checkpoint the decision asks for: the store after it, the
-    /// de-duplication table, the decision's proof.
+    /// de-duplication table, the decision's proof (`node::take_checkpoint`,
+    /// hashed here, off the control thread).
     fn checkpoint(&self, d: &Decision, clients: &ClientTable) {
         let app = self.store.read().snapshot();
-        let blob = Arc::new(control::checkpoint::encode(
-            d.cid,
-            Some(&d.proof),
-            clients,
-            &app,
-        ));
-        let info = CheckpointInfo {
-            cid: d.cid,
-            digest: control::checkpoint::digest(&blob).expect("a blob made by checkpoint::encode"),
-            len: blob.len() as u64,
-        };
+        let p = node::take_checkpoint(&app, d, clients, self.snapshot_chunk_bytes);
         if let Some(s) = &self.storage {
-            let _ = s.send(StorageJob::Checkpoint {
+            let _ = s.send(DiskJob::Checkpoint {
                 cid: d.cid,
-                blob: blob.clone(),
+                blob: p.blob.clone(),
             });
         }
         // Never block on the control thread (it may be blocked on us): a
         // dropped report only delays trimming its decision log.
-        if self.checkpoints.try_send((info, blob)).is_ok() {
+        if self.checkpoints.try_send(p).is_ok() {
             if let Some(w) = &self.wake {
                 w.wake();
             }

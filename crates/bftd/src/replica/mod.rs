@@ -207,6 +207,7 @@ pub fn start_with_io(config: Arc<ClusterConfig>, id: u16, io: Io) -> Result<Runn
         replica = id,
         checkpoint = ?restored.checkpoint_cid,
         replayed = restored.replayed,
+        votes = restored.votes,
         last_decided = restored.core.last_decided(),
         regency = restored.core.regency(),
         "recovered from the data directory"
@@ -292,20 +293,22 @@ pub fn start_with_io(config: Arc<ClusterConfig>, id: u16, io: Io) -> Result<Runn
     let control = control_loop::ControlLoop {
         inline: inline_receiver,
         core: restored.core,
-        outbox: Outbox::new(signer, tx, dataplane_stats.clone()),
+        io: control_loop::Io {
+            outbox: Outbox::new(signer, tx, dataplane_stats.clone()),
+            storage: storage.clone(),
+            to_executor,
+            hist: hist.clone(),
+            timing: Default::default(),
+            timing_max: 4 * window,
+        },
         inbox,
         from_proxy,
         persisted,
         checkpoints: checkpoints_rx,
         links: links_rx,
-        storage: storage.clone(),
-        to_executor,
         tick: Duration::from_millis(config.protocol.tick_ms),
         status: status.clone(),
         stats: control_stats.clone(),
-        hist: hist.clone(),
-        timing: Default::default(),
-        timing_max: 4 * window,
     };
     threads.push(spawn(&format!("control-r{id}"), control_core, move || {
         control.run()
@@ -320,6 +323,7 @@ pub fn start_with_io(config: Arc<ClusterConfig>, id: u16, io: Io) -> Result<Runn
         commands_per_request_max: config.api.proxy_bundle_ops_max,
         checkpoints: checkpoints_tx,
         storage,
+        snapshot_chunk_bytes: config.control_config(id).snapshot_chunk_bytes,
         hist: hist.clone(),
         wake,
     };

@@ -9,46 +9,29 @@
 //!   moment (nothing waits for them);
 //!   a decided batch never logged as a proposal (fetched from a peer) is
 //!   logged as one first;
-//! - REGENCY records, and checkpoints (written atomically, then the log is
-//!   truncated up to the older kept checkpoint).
+//! - REGENCY records are acknowledged after their sync too (the STOPDATA
+//!   waits for that ack: a crash must not bring the replica back in a
+//!   regency it promised to leave);
+//! - checkpoints (written atomically, then the log is truncated up to the
+//!   older kept checkpoint).
+//!
+//! Which records a job becomes is `node::LogWriter`'s (shared with the
+//! simulator's disk).
 //!
 //! A replica that cannot write its log stops: it must not vote for what it
 //! cannot keep.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
+use node::{Ack, DiskJob, LogWriter};
 use storage::{Record, Storage};
-use wire::{Batch, Cid, DecisionProof, Digest, Regency};
+use wire::{Cid, Digest};
 
 /// How long the thread may sit on appended records nobody waits for
 /// before it syncs them anyway.
 const LAZY_SYNC_AFTER: std::time::Duration = std::time::Duration::from_millis(20);
-
-/// Work for the storage thread.
-pub enum StorageJob {
-    /// Make a proposal durable and acknowledge it.
-    Proposal {
-        cid: Cid,
-        regency: Regency,
-        batch: Arc<Batch>,
-    },
-    /// Log a decision.
-    Decision {
-        batch: Arc<Batch>,
-        proof: DecisionProof,
-    },
-    /// Log a newly installed regency.
-    Regency(Regency),
-    /// Keep a periodic checkpoint blob (control::checkpoint) and truncate
-    /// the log below it — written in the background, best effort.
-    Checkpoint { cid: Cid, blob: Arc<Vec<u8>> },
-    /// A checkpoint installed by state transfer: the log jumps to it, so it
-    /// is recorded before any later DECISION (written on this thread).
-    Installed { cid: Cid, blob: Arc<Vec<u8>> },
-}
 
 /// Runs until `jobs` closes. Appends every job waiting (up to `group_max`),
 /// syncs once, then acknowledges the proposals of the group. Checkpoint
@@ -58,8 +41,8 @@ pub enum StorageJob {
 /// log space ahead (`Storage::prepare`), so commits never grow the file.
 pub fn run(
     mut storage: Storage,
-    jobs: Receiver<StorageJob>,
-    acks: Sender<(Cid, Digest)>,
+    jobs: Receiver<DiskJob>,
+    acks: Sender<Ack>,
     group_max: usize,
     hist: Arc<super::status::Histograms>,
     wake: Option<nic::RxWaker>,
@@ -88,9 +71,7 @@ pub fn run(
             .expect("spawn the checkpointer thread");
     }
     let mut group = Vec::with_capacity(group_max);
-    // Proposals logged since the last truncation (so a decision knows
-    // whether its batch is already in the log).
-    let mut logged: HashSet<(Cid, Digest)> = HashSet::new();
+    let mut writer = LogWriter::new(storage.regency());
     // Records appended but not yet synced that nobody waits for.
     let mut unsynced = false;
     loop {
@@ -119,7 +100,7 @@ pub fn run(
                     storage.checkpoint_written(cid, digest).unwrap_or_else(|e| fail(e));
                     storage.truncate_through(cid).unwrap_or_else(|e| fail(e));
                     let floor = storage.checkpoint_cids().first().copied().unwrap_or(0);
-                    logged.retain(|(c, _)| *c > floor);
+                    writer.truncated(floor);
                     unsynced = true;
                 }
                 continue;
@@ -140,52 +121,14 @@ pub fn run(
         }
         let mut to_ack = Vec::new();
         for job in group.drain(..) {
+            for r in writer.records(&job) {
+                append(&mut storage, r);
+            }
+            if let Some(a) = job.ack() {
+                to_ack.push(a);
+            }
             match job {
-                StorageJob::Proposal {
-                    cid,
-                    regency,
-                    batch,
-                } => {
-                    append(
-                        &mut storage,
-                        Record::Proposal {
-                            regency,
-                            cid,
-                            batch: batch.to_bytes(),
-                        },
-                    );
-                    logged.insert((cid, batch.digest()));
-                    to_ack.push((cid, batch.digest()));
-                }
-                StorageJob::Decision { batch, proof } => {
-                    let regency = proof.accepts.first().map_or(0, |a| a.regency);
-                    if !logged.contains(&(proof.cid, proof.digest)) {
-                        append(
-                            &mut storage,
-                            Record::Proposal {
-                                regency,
-                                cid: proof.cid,
-                                batch: batch.to_bytes(),
-                            },
-                        );
-                        logged.insert((proof.cid, proof.digest));
-                    }
-                    append(
-                        &mut storage,
-                        Record::Decision {
-                            cid: proof.cid,
-                            regency,
-                            digest: proof.digest,
-                            proof: proof.to_bytes(),
-                        },
-                    );
-                }
-                StorageJob::Regency(r) => {
-                    if r > storage.regency() {
-                        append(&mut storage, Record::Regency { regency: r });
-                    }
-                }
-                StorageJob::Checkpoint { cid, blob } => {
+                DiskJob::Checkpoint { cid, blob } => {
                     // Checkpoints are best effort: if the checkpointer is
                     // still busy with the previous one, skip this one (the
                     // log is truncated at the next).
@@ -193,7 +136,7 @@ pub fn run(
                         let _ = to_checkpointer.try_send((cid, blob));
                     }
                 }
-                StorageJob::Installed { cid, blob } => {
+                DiskJob::Installed { cid, blob } => {
                     if storage.checkpoint_cids().last().is_none_or(|&c| c < cid) {
                         storage.sync().unwrap_or_else(|e| fail(e));
                         let digest = wire::hash::digest(&blob);
@@ -202,9 +145,10 @@ pub fn run(
                             .unwrap_or_else(|e| fail(e));
                         storage.truncate_through(cid).unwrap_or_else(|e| fail(e));
                         let floor = storage.checkpoint_cids().first().copied().unwrap_or(0);
-                        logged.retain(|(c, _)| *c > floor);
+                        writer.truncated(floor);
                     }
                 }
+                DiskJob::Proposal { .. } | DiskJob::Decision { .. } | DiskJob::Regency(_) => {}
             }
         }
         if to_ack.is_empty() {

@@ -35,10 +35,15 @@ pub struct Net {
     pub verifiers: Vec<Verifier>,
     /// Packets sent and not yet delivered, in send order.
     pub wire: VecDeque<Packet>,
-    /// Batches waiting to become durable, per replica: (cid, digest).
-    pub unpersisted: Vec<Vec<(u64, wire::Digest)>>,
+    /// Proposals waiting to become durable, per replica.
+    pub unpersisted: Vec<Vec<(u32, u64, Arc<wire::Batch>)>>,
+    /// REGENCY records waiting to become durable, per replica.
+    pub unpersisted_regencies: Vec<Vec<u32>>,
     /// When true, persistence is acknowledged as soon as it is asked for.
     pub auto_persist: Vec<bool>,
+    /// What each replica made durable, for [`Net::restart`].
+    pub disks: Vec<Disk>,
+    pub configs: Vec<Config>,
     pub decisions: Vec<Vec<Decision>>,
     pub seqs: HashMap<u16, u64>,
     /// Crashed replicas: they receive nothing, send nothing, do not tick.
@@ -52,6 +57,14 @@ pub struct Net {
     pub installed: Vec<Vec<u64>>,
 }
 
+/// A replica's durable records (what a restart reads back).
+#[derive(Debug, Clone, Default)]
+pub struct Disk {
+    pub regency: u32,
+    /// Proposals made durable: (regency, cid, batch).
+    pub proposals: Vec<(u32, u64, Arc<wire::Batch>)>,
+}
+
 impl Net {
     pub fn new(n: usize) -> Self {
         Self::with_config(n, |_| {})
@@ -63,13 +76,14 @@ impl Net {
             (0..n as u16).map(|i| secret(i).public()).collect(),
             HashMap::new(),
         ));
-        let replicas = (0..n as u16)
+        let configs: Vec<Config> = (0..n as u16)
             .map(|i| {
                 let mut c = Config::new(n, ReplicaId(i));
                 tweak(&mut c);
-                Replica::start(c)
+                c
             })
             .collect();
+        let replicas = configs.iter().map(|c| Replica::start(c.clone())).collect();
         Self {
             n,
             replicas,
@@ -81,7 +95,10 @@ impl Net {
                 .collect(),
             wire: VecDeque::new(),
             unpersisted: vec![Vec::new(); n],
+            unpersisted_regencies: vec![Vec::new(); n],
             auto_persist: vec![true; n],
+            disks: vec![Disk::default(); n],
+            configs,
             decisions: vec![Vec::new(); n],
             seqs: HashMap::new(),
             down: vec![false; n],
@@ -144,13 +161,15 @@ impl Net {
                         Target::One(r) => self.send(at as u16, r.0, msg),
                     }
                 }
-                Output::Persist { cid, batch, .. } => {
+                Output::Persist {
+                    cid,
+                    regency,
+                    batch,
+                } => {
                     if self.auto_persist[at] {
-                        let mut more = Vec::new();
-                        self.replicas[at].on_persisted(cid, batch.digest(), &mut more);
-                        self.handle(at, more);
+                        self.persisted(at, regency, cid, batch);
                     } else {
-                        self.unpersisted[at].push((cid, batch.digest()));
+                        self.unpersisted[at].push((regency, cid, batch));
                     }
                 }
                 Output::Deliver(d) => {
@@ -161,16 +180,20 @@ impl Net {
                         let app = encode_app(&self.apps[at]);
                         let blob =
                             control::checkpoint::encode(d.cid, Some(&d.proof), clients, &app);
-                        let info = wire::CheckpointInfo {
-                            cid: d.cid,
-                            digest: control::checkpoint::digest(&blob).expect("well-formed blob"),
-                            len: blob.len() as u64,
-                        };
-                        self.replicas[at].on_checkpoint(info, std::sync::Arc::new(blob));
+                        let chunk = self.configs[at].snapshot_chunk_bytes;
+                        let p = control::checkpoint::prepare(blob, chunk).expect("well-formed");
+                        self.replicas[at].on_checkpoint(p);
                     }
                     self.decisions[at].push(d);
                 }
-                Output::Regency { regency, .. } => self.regencies[at].push(regency),
+                Output::Regency { regency, .. } => {
+                    self.regencies[at].push(regency);
+                    if self.auto_persist[at] {
+                        self.regency_persisted(at, regency);
+                    } else {
+                        self.unpersisted_regencies[at].push(regency);
+                    }
+                }
                 Output::InstallCheckpoint { info, app, .. } => {
                     self.apps[at] = decode_app(&app);
                     self.installed[at].push(info.cid);
@@ -179,13 +202,76 @@ impl Net {
         }
     }
 
-    /// Acknowledges every batch replica `at` asked to persist.
+    fn persisted(&mut self, at: usize, regency: u32, cid: u64, batch: Arc<wire::Batch>) {
+        let d = batch.digest();
+        self.disks[at].proposals.push((regency, cid, batch));
+        let mut out = Vec::new();
+        self.replicas[at].on_persisted(cid, d, &mut out);
+        self.handle(at, out);
+    }
+
+    fn regency_persisted(&mut self, at: usize, regency: u32) {
+        self.disks[at].regency = self.disks[at].regency.max(regency);
+        let mut out = Vec::new();
+        self.replicas[at].on_regency_persisted(regency, &mut out);
+        self.handle(at, out);
+    }
+
+    /// Acknowledges every proposal and REGENCY record replica `at` asked
+    /// to persist.
     pub fn persist_all(&mut self, at: usize) {
-        for (cid, d) in std::mem::take(&mut self.unpersisted[at]) {
-            let mut out = Vec::new();
-            self.replicas[at].on_persisted(cid, d, &mut out);
-            self.handle(at, out);
+        for (regency, cid, batch) in std::mem::take(&mut self.unpersisted[at]) {
+            self.persisted(at, regency, cid, batch);
         }
+        for regency in std::mem::take(&mut self.unpersisted_regencies[at]) {
+            self.regency_persisted(at, regency);
+        }
+    }
+
+    /// Restarts crashed replica `r` from its durable records, as the host
+    /// does: the regency, the delivered decisions (this harness keeps them
+    /// as its "decision log"), the votes for open instances, then
+    /// `mark_restarted` and `catch_up`. What was not durable is lost.
+    pub fn restart(&mut self, r: u16) {
+        let at = r as usize;
+        assert!(self.down[at], "restart a crashed replica");
+        self.unpersisted[at].clear();
+        self.unpersisted_regencies[at].clear();
+        let disk = self.disks[at].clone();
+        let mut clients = control::ClientTable::default();
+        for d in &self.decisions[at] {
+            for req in d.batch.requests() {
+                clients.mark_executed(req.client, req.seq);
+            }
+        }
+        let (last, proof) = self.decisions[at]
+            .last()
+            .map_or((0, None), |d| (d.cid, Some(d.proof.clone())));
+        let regency = disk
+            .proposals
+            .iter()
+            .map(|p| p.0)
+            .max()
+            .unwrap_or(0)
+            .max(disk.regency);
+        let mut core = Replica::new(self.configs[at].clone(), regency, last, proof, clients);
+        let keep = self.configs[at].decision_log_max();
+        let from = self.decisions[at].len().saturating_sub(keep);
+        core.recover_decisions(self.decisions[at][from..].iter().map(|d| wire::Decided {
+            batch: d.batch.clone(),
+            proof: d.proof.clone(),
+        }));
+        let mut open: Vec<_> = disk.proposals.iter().filter(|p| p.1 > last).collect();
+        open.sort_by_key(|p| (p.1, p.0));
+        for (reg, cid, batch) in open {
+            core.recover_vote(*reg, *cid, batch.clone());
+        }
+        core.mark_restarted();
+        self.replicas[at] = core;
+        self.down[at] = false;
+        let mut out = Vec::new();
+        self.replicas[at].catch_up(&mut out);
+        self.handle(at, out);
     }
 
     /// One tick at every live replica.

@@ -1,0 +1,78 @@
+//! Executing decisions on the kv store and taking checkpoints.
+//!
+//! Writes execute at every replica. Read-only operations (linearizable
+//! reads, ordered through consensus) execute only at the replica whose
+//! client asked (`own`), at their position in the order: the same result
+//! every replica would compute there, without the others doing the work.
+
+use control::checkpoint::Prepared;
+use control::{ClientTable, Decision};
+use kv::{KvError, Store};
+use wire::Request;
+
+/// Executes one request against `store`: its writes always, its reads only
+/// when `own` (this replica's client asked). Returns one result per command
+/// when `own` (none otherwise); an undecodable payload (deterministic at
+/// every replica) executes nothing and returns `Err`. At most
+/// `commands_max` commands are decoded from one request.
+pub fn execute_request(
+    store: &mut Store,
+    r: &Request,
+    own: bool,
+    commands_max: usize,
+) -> Result<Vec<Result<kv::Response, KvError>>, wire::DecodeError> {
+    let commands = kv::command::decode_batch(&r.payload, commands_max)?;
+    Ok(execute_commands(store, &commands, own))
+}
+
+/// Executes decoded commands (see [`execute_request`]).
+pub fn execute_commands(
+    store: &mut Store,
+    commands: &[kv::Command],
+    own: bool,
+) -> Vec<Result<kv::Response, KvError>> {
+    commands
+        .iter()
+        .filter_map(|c| {
+            if c.is_read_only() {
+                own.then(|| store.execute_read_only(c))
+            } else {
+                let res = store.apply(c);
+                own.then_some(res)
+            }
+        })
+        .collect()
+}
+
+/// Executes commands that are all read-only (`kv::Command::is_read_only`)
+/// with shared access to the store: an ordered read needs no write lock.
+///
+/// # Panics
+/// If a command writes.
+pub fn read_commands(
+    store: &Store,
+    commands: &[kv::Command],
+) -> Vec<Result<kv::Response, KvError>> {
+    commands
+        .iter()
+        .map(|c| {
+            assert!(c.is_read_only(), "read_commands with a write");
+            store.execute_read_only(c)
+        })
+        .collect()
+}
+
+/// The checkpoint a decision asks for (`d.checkpoint`, the de-duplication
+/// table after it): the store's snapshot after executing `d`, the table
+/// and `d`'s proof, encoded (`control::checkpoint::encode`) and hashed in
+/// `chunk_bytes` chunks. Costs a pass over the whole store: run it off the
+/// control thread.
+pub fn take_checkpoint(
+    snapshot: &[u8],
+    d: &Decision,
+    clients: &ClientTable,
+    chunk_bytes: usize,
+) -> Prepared {
+    let blob = control::checkpoint::encode(d.cid, Some(&d.proof), clients, snapshot);
+    control::checkpoint::prepare(blob, chunk_bytes).expect("a blob made by checkpoint::encode")
+}

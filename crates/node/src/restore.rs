@@ -1,0 +1,192 @@
+//! Restart from what `storage` recovered: the newest checkpoint, then every
+//! decision logged after it (re-executed against the store), then the votes
+//! logged for instances still open, given back to the core
+//! (`Replica::recover_vote`): a restarted replica never votes twice in a
+//! regency. The core is told it restarted (`Replica::mark_restarted`) and,
+//! once running, asks the others what it missed (`Replica::catch_up`).
+//!
+//! The same function restarts a `bftd` process (after `Storage::open`) and
+//! a simulated replica (whose disk keeps the same records).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use control::{ClientTable, Replica};
+use kv::Store;
+use storage::{Record, Recovered};
+use wire::{Batch, Digest, Limits};
+
+use crate::exec::execute_request;
+
+/// What a replica restarts from.
+#[derive(Debug)]
+pub struct Restored {
+    pub store: Store,
+    pub core: Replica,
+    /// Decisions re-executed from the log.
+    pub replayed: u64,
+    /// The checkpoint restarted from, if any.
+    pub checkpoint_cid: Option<u64>,
+    /// Votes of open instances given back to the core.
+    pub votes: u64,
+    /// True when the log held anything (a restart, not a first start).
+    pub restarted: bool,
+}
+
+/// Why the recovered log cannot be used. The message says what is wrong;
+/// [`RestoreError::advice`] what the operator does about it.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0}")]
+pub struct RestoreError(pub String);
+
+impl RestoreError {
+    /// What to do: restore the replica from the others.
+    pub fn advice() -> &'static str {
+        "restore this replica from the others: stop it, move its data directory away, and \
+         start it again (state transfer refills it)"
+    }
+}
+
+fn corrupt(what: String) -> RestoreError {
+    RestoreError(what)
+}
+
+/// Rebuilds the replica's state from `rec`. `limits` bound what is decoded
+/// from the log (as from the network); `commands_max` is the executor's
+/// bound on commands per request.
+///
+/// # Errors
+/// A checkpoint, proposal or proof that does not decode, or decisions that
+/// jump or name a batch the log does not hold.
+pub fn restore(
+    cfg: control::Config,
+    rec: Recovered,
+    limits: &Limits,
+    commands_max: usize,
+) -> Result<Restored, RestoreError> {
+    let restarted = rec.checkpoint.is_some() || !rec.records.is_empty() || rec.regency > 0;
+    let chunk_bytes = cfg.snapshot_chunk_bytes;
+    let (mut store, mut clients, mut last, mut proof, checkpoint) = match rec.checkpoint {
+        Some(c) => {
+            let ckpt = control::checkpoint::decode(&c.snapshot, limits, usize::MAX)
+                .map_err(|e| corrupt(format!("checkpoint {} does not decode: {e}", c.cid)))?;
+            let store = Store::restore(&ckpt.app).map_err(|e| {
+                corrupt(format!("checkpoint {} holds a bad kv snapshot: {e}", c.cid))
+            })?;
+            let prepared = control::checkpoint::prepare(c.snapshot, chunk_bytes)
+                .map_err(|e| corrupt(format!("checkpoint {} does not decode: {e}", c.cid)))?;
+            (store, ckpt.clients, ckpt.cid, ckpt.proof, Some(prepared))
+        }
+        None => (Store::new(), ClientTable::default(), 0, None, None),
+    };
+    let checkpoint_cid = checkpoint.as_ref().map(|p| p.info.cid);
+    // Batches logged as proposals, by (cid, digest): their regency, bytes.
+    let mut proposals: HashMap<(u64, Digest), (u32, Arc<Batch>)> = HashMap::new();
+    let mut replayed = 0;
+    // The newest replayed decisions, for the core's decision log.
+    let log_max = cfg.decision_log_max();
+    let mut replayed_log: std::collections::VecDeque<wire::Decided> = Default::default();
+    for r in rec.records {
+        match r {
+            Record::Proposal {
+                regency,
+                cid,
+                batch,
+            } => {
+                let b = Batch::from_bytes(&batch, limits).map_err(|e| {
+                    corrupt(format!(
+                        "logged proposal for cid {cid} does not decode: {e}"
+                    ))
+                })?;
+                let e = proposals
+                    .entry((cid, b.digest()))
+                    .or_insert((regency, Arc::new(b)));
+                e.0 = e.0.max(regency);
+            }
+            Record::Decision {
+                cid,
+                digest,
+                proof: p,
+                ..
+            } => {
+                if cid <= last {
+                    continue;
+                }
+                if cid != last + 1 {
+                    return Err(corrupt(format!(
+                        "logged decisions jump from cid {last} to {cid}"
+                    )));
+                }
+                let (_, batch) = proposals
+                    .get(&(cid, digest))
+                    .ok_or_else(|| corrupt(format!("decision {cid} has no logged batch")))?;
+                let p = wire::DecisionProof::from_bytes(&p, limits)
+                    .map_err(|e| corrupt(format!("decision {cid} proof does not decode: {e}")))?;
+                if p.cid != cid || p.digest != digest {
+                    return Err(corrupt(format!(
+                        "decision {cid} proof names another instance or batch"
+                    )));
+                }
+                for req in batch.requests() {
+                    if clients.mark_executed(req.client, req.seq) {
+                        // Nobody waits for results after a restart.
+                        let _ = execute_request(&mut store, req, false, commands_max);
+                    }
+                }
+                if replayed_log.len() == log_max {
+                    replayed_log.pop_front();
+                }
+                replayed_log.push_back(wire::Decided {
+                    batch: batch.clone(),
+                    proof: p.clone(),
+                });
+                last = cid;
+                proof = Some(p);
+                replayed += 1;
+            }
+            Record::Regency { .. } | Record::Checkpoint { .. } => {}
+        }
+    }
+    let regency = proposals
+        .values()
+        .map(|(r, _)| *r)
+        .max()
+        .unwrap_or(0)
+        .max(rec.regency);
+    let mut core = Replica::new(cfg, regency, last, proof, clients);
+    core.recover_decisions(replayed_log);
+    let mut open: Vec<_> = proposals
+        .into_iter()
+        .filter(|((cid, _), _)| *cid > last)
+        .collect();
+    open.sort_by_key(|((cid, d), (reg, _))| (*cid, *reg, d.0));
+    // A correct replica logs one proposal per cid and regency; two would
+    // make it vote twice.
+    for w in open.windows(2) {
+        let ((c0, d0), (r0, _)) = &w[0];
+        let ((c1, d1), (r1, _)) = &w[1];
+        if c0 == c1 && r0 == r1 && d0 != d1 {
+            return Err(corrupt(format!(
+                "the log holds two different proposals for cid {c0} in regency {r0}"
+            )));
+        }
+    }
+    let mut votes = 0;
+    for ((cid, _), (reg, batch)) in open {
+        votes += core.recover_vote(reg, cid, batch) as u64;
+    }
+    if let Some(p) = checkpoint {
+        core.on_checkpoint(p);
+    }
+    if restarted {
+        core.mark_restarted();
+    }
+    Ok(Restored {
+        store,
+        core,
+        replayed,
+        checkpoint_cid,
+        votes,
+        restarted,
+    })
+}
