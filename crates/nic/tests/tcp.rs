@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use nic::{Io, RxPath, TcpNic, TxError, TxPath};
 use rand::RngCore;
-use wire::link::{self, ACCEPT_HELLO_LEN};
+use wire::link::{self, ACCEPT_HELLO_LEN, CONFIRM_LEN};
 use wire::SecretKey;
 
 /// Runs each test body once per backend.
@@ -284,17 +284,9 @@ fn oversize_length_prefix_closes_the_link_without_allocating(io: Io) {
         })
         .collect();
 
-    let mut s = TcpStream::connect(c.addrs[0]).unwrap();
-    let (hello, dialing) = link::dial(&c.ids[3], CLUSTER_ID, r(3), r(0));
-    s.write_all(&hello).unwrap();
-    let mut reply = [0u8; ACCEPT_HELLO_LEN];
-    s.read_exact(&mut reply).unwrap();
-    let mut seal = dialing.finish(&c.ring, &reply).unwrap();
+    let (mut s, mut seal) = c.connect_as(3, 0);
     // One good frame first.
-    let mut frame = Vec::new();
-    seal.seal(b"hello from 3", &mut frame);
-    s.write_all(&(frame.len() as u32).to_be_bytes()).unwrap();
-    s.write_all(&frame).unwrap();
+    send_frame(&mut s, &mut seal, b"hello from 3", false);
     wait(&mut nodes, 0, "frame from 3", |ib| ib.from(r(3)).len() == 1);
     assert_eq!(nodes[0].inbox.from(r(3))[0], b"hello from 3");
     // Then a length prefix just above the limit (the buffer holds exactly
@@ -309,11 +301,7 @@ fn oversize_length_prefix_closes_the_link_without_allocating(io: Io) {
     assert_eq!(nodes[0].rx.stats().snapshot().oversize_frames, 1);
 
     // And one of 4 GiB.
-    let mut s = TcpStream::connect(c.addrs[0]).unwrap();
-    let (hello, dialing) = link::dial(&c.ids[3], CLUSTER_ID, r(3), r(0));
-    s.write_all(&hello).unwrap();
-    s.read_exact(&mut reply).unwrap();
-    dialing.finish(&c.ring, &reply).unwrap();
+    let (mut s, _) = c.connect_as(3, 0);
     s.write_all(&u32::MAX.to_be_bytes()).unwrap();
     s.write_all(&[0u8; 1000]).unwrap();
     wait(&mut nodes, 0, "second LinkDown of 3", |ib| {

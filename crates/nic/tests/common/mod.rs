@@ -3,13 +3,15 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nic::{
     Connector, Io, MemNode, OpenKey, RxEvent, RxPath, TcpConfig, TcpNic, TcpRx, TcpTx, TxPath,
 };
+use wire::link::{self, SealKey, ACCEPT_HELLO_LEN};
 use wire::{Keyring, ReplicaId, SecretKey};
 
 pub const CLUSTER_ID: u64 = 0xb5d;
@@ -142,6 +144,37 @@ impl Cluster {
             .collect();
         (cluster, nodes)
     }
+}
+
+impl Cluster {
+    /// Dials replica `to` as replica `from` (with its real key), runs the
+    /// whole handshake (HELLO, reply, CONFIRM) by hand, and returns the
+    /// socket and the key that seals frames on it.
+    pub fn connect_as(&self, from: usize, to: usize) -> (TcpStream, SealKey) {
+        let mut s = TcpStream::connect(self.addrs[to]).unwrap();
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        let (hello, dialing) = link::dial(&self.ids[from], CLUSTER_ID, r(from), r(to));
+        s.write_all(&hello).unwrap();
+        let mut reply = [0u8; ACCEPT_HELLO_LEN];
+        s.read_exact(&mut reply).unwrap();
+        let (seal, confirm) = dialing.finish(&self.ring, &reply).unwrap();
+        s.write_all(&confirm).unwrap();
+        (s, seal)
+    }
+}
+
+/// Writes one frame carrying `message`, sealed with `seal`, with its length
+/// prefix; `tamper` flips a bit of its tag.
+pub fn send_frame(s: &mut TcpStream, seal: &mut SealKey, message: &[u8], tamper: bool) {
+    let mut frame = Vec::new();
+    seal.seal(message, &mut frame);
+    if tamper {
+        let last = frame.len() - 1;
+        frame[last] ^= 1;
+    }
+    let mut out = (frame.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(&frame);
+    s.write_all(&out).unwrap();
 }
 
 /// The backend asked for is the one running (io_uring may be refused by the
