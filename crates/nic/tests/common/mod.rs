@@ -185,7 +185,8 @@ pub fn check_backend(nic: &TcpNic, io: Io) {
     }
 }
 
-/// What one replica received, opened.
+/// What one replica received, opened. Like the dataplane, a frame of the
+/// current link that does not open gets the link reset after the poll.
 #[derive(Default)]
 pub struct Inbox {
     keys: HashMap<ReplicaId, (u64, Box<OpenKey>)>,
@@ -196,6 +197,8 @@ pub struct Inbox {
     /// Frames that did not open (stale epoch or bad frame).
     pub unopened: usize,
     pub events: usize,
+    /// Links (peer, epoch) to reset after this poll: a frame did not open.
+    pub resets: Vec<(ReplicaId, u64)>,
 }
 
 impl Inbox {
@@ -213,7 +216,12 @@ impl Inbox {
             RxEvent::Frame { peer, epoch, frame } => match self.keys.get_mut(&peer) {
                 Some((e, key)) if *e == epoch => match key.open(frame) {
                     Ok(m) => self.messages.push((peer, epoch, m.to_vec())),
-                    Err(_) => self.unopened += 1,
+                    Err(_) => {
+                        self.unopened += 1;
+                        if !self.resets.contains(&(peer, epoch)) {
+                            self.resets.push((peer, epoch));
+                        }
+                    }
                 },
                 _ => self.unopened += 1,
             },
@@ -221,9 +229,13 @@ impl Inbox {
         }
     }
 
-    /// One poll of `rx` into this inbox.
+    /// One poll of `rx` into this inbox, then the resets it asks for.
     pub fn poll<R: RxPath>(&mut self, rx: &mut R, budget: usize, timeout: Duration) -> usize {
-        rx.poll(256, budget, timeout, &mut |e| self.handle(e))
+        let got = rx.poll(256, budget, timeout, &mut |e| self.handle(e));
+        for (peer, epoch) in self.resets.drain(..) {
+            rx.reset_link(peer, epoch);
+        }
+        got
     }
 
     pub fn from(&self, peer: ReplicaId) -> Vec<&[u8]> {
