@@ -68,7 +68,11 @@ fn a_replayed_hello_does_not_replace_the_live_link(io: Io) {
     s.write_all(&confirm).unwrap();
     let mut challenge = [0u8; ACCEPT_HELLO_LEN];
     s.read_exact(&mut challenge).unwrap();
-    assert_ne!(&challenge[..], &reply[..], "a fresh challenge, not the old reply");
+    assert_ne!(
+        &challenge[..],
+        &reply[..],
+        "a fresh challenge, not the old reply"
+    );
     assert_closed_by_peer(&mut s);
     assert_eq!(failures("bad_confirm"), 1);
 
@@ -100,7 +104,9 @@ fn idle_unauthenticated_sockets_do_not_keep_a_restarting_peer_out(io: Io) {
     wait_links_up(&mut nodes);
     let old = nodes[0].inbox.current_epoch(r(3)).unwrap();
     drop(nodes.pop().unwrap()); // replica 3 stops
-    wait(&mut nodes, 0, "LinkDown of 3", |ib| ib.downs.contains(&(r(3), old)));
+    wait(&mut nodes, 0, "LinkDown of 3", |ib| {
+        ib.downs.contains(&(r(3), old))
+    });
 
     let stats = nodes[0].rx.stats().clone();
     let idle: Vec<TcpStream> = (0..64)
@@ -121,11 +127,21 @@ fn idle_unauthenticated_sockets_do_not_keep_a_restarting_peer_out(io: Io) {
     wait(&mut nodes, 0, "LinkUp of the restarted 3", |ib| {
         ib.current_epoch(r(3)).is_some_and(|e| e > old)
     });
-    assert!(started.elapsed() < Duration::from_secs(60), "rescued by the deadline");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "rescued by the deadline"
+    );
     exchange_all_pairs(&mut nodes, 5);
     let snap = stats.snapshot();
-    assert!(snap.handshakes_evicted >= 64 - 16 + 1, "{snap:?}");
-    assert_eq!(snap.accept_failures_total(), 0, "evictions are not failures");
+    assert!(
+        snap.handshakes_evicted > 64 - 16,
+        "the peer evicted one too: {snap:?}"
+    );
+    assert_eq!(
+        snap.accept_failures_total(),
+        0,
+        "evictions are not failures"
+    );
     drop(idle);
 }
 
@@ -159,7 +175,9 @@ fn a_frame_with_a_bad_tag_resets_the_link(io: Io) {
         .collect();
     let (mut s, mut seal) = c.connect_as(3, 0);
     send_frame(&mut s, &mut seal, b"good", false);
-    wait(&mut nodes, 0, "first frame from 3", |ib| ib.from(r(3)).len() == 1);
+    wait(&mut nodes, 0, "first frame from 3", |ib| {
+        ib.from(r(3)).len() == 1
+    });
     let epoch = nodes[0].inbox.current_epoch(r(3)).unwrap();
     send_frame(&mut s, &mut seal, b"tampered", true);
     send_frame(&mut s, &mut seal, b"after the bad one", false);
@@ -174,13 +192,18 @@ fn a_frame_with_a_bad_tag_resets_the_link(io: Io) {
     // The peer handshakes afresh and its frames open again.
     let (mut s, mut seal) = c.connect_as(3, 0);
     send_frame(&mut s, &mut seal, b"after the reset", false);
-    wait(&mut nodes, 0, "frame on the new link", |ib| ib.from(r(3)).len() == 2);
+    wait(&mut nodes, 0, "frame on the new link", |ib| {
+        ib.from(r(3)).len() == 2
+    });
     assert!(nodes[0].inbox.current_epoch(r(3)).unwrap() > epoch);
     assert_eq!(nodes[0].inbox.from(r(3))[1], b"after the reset");
     // Resetting a link that is gone changes nothing.
     assert!(!nodes[0].rx.reset_link(r(3), epoch));
     assert!(!nodes[0].rx.reset_link(r(9), epoch));
-    assert_eq!(nodes[0].rx.stats().snapshot().peer(r(3)).bad_frame_resets, 1);
+    assert_eq!(
+        nodes[0].rx.stats().snapshot().peer(r(3)).bad_frame_resets,
+        1
+    );
 }
 
 /// A link the receiver resets (what it does on a bad tag) is redialed by
@@ -199,7 +222,10 @@ fn a_reset_link_is_redialed_by_its_peer(io: Io) {
         nodes[1].tx.stats().snapshot().connections_reset >= 1
     });
     exchange_all_pairs(&mut nodes, 3);
-    assert_eq!(nodes[0].rx.stats().snapshot().peer(r(1)).bad_frame_resets, 1);
+    assert_eq!(
+        nodes[0].rx.stats().snapshot().peer(r(1)).bad_frame_resets,
+        1
+    );
 }
 
 /// A waker makes a poll blocked with a long timeout return at once, even

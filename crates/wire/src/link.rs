@@ -231,7 +231,8 @@ fn derive(
         .expect("64 bytes is a valid HKDF-SHA256 length");
     let (frame_key, confirm_key) = okm.split_at(32);
     let cipher = Aes256Gcm::new_from_slice(frame_key).expect("32-byte AES-256 key");
-    let mut mac = <HmacSha256 as Mac>::new_from_slice(confirm_key).expect("HMAC takes any key length");
+    let mut mac =
+        <HmacSha256 as Mac>::new_from_slice(confirm_key).expect("HMAC takes any key length");
     mac.update(DOMAIN_CONFIRM);
     mac.update(dial_hello);
     mac.update(accept_hello);
