@@ -61,9 +61,10 @@ fn connect_as(c: &Cluster, as_id: u16, to: u16) -> (TcpStream, wire::link::SealK
     s.write_all(&hello).unwrap();
     let mut reply = [0u8; wire::link::ACCEPT_HELLO_LEN];
     s.read_exact(&mut reply).unwrap();
-    let seal = dialing
+    let (seal, confirm) = dialing
         .finish(&keyring, &reply)
         .expect("handshake with a real key");
+    s.write_all(&confirm).unwrap();
     (s, seal)
 }
 

@@ -4,7 +4,9 @@
 //!    with a per-peer budget ([`nic::RxPath::poll`]);
 //! 2. each frame, borrowed from the link's read buffer, is matched to its
 //!    link's current epoch and opened in place (size, version, sender,
-//!    sequence, AEAD tag — [`wire::link::OpenKey::open`]);
+//!    sequence, AEAD tag — [`wire::link::OpenKey::open`]); a frame that
+//!    fails resets its link ([`nic::RxPath::reset_link`]): its key does not
+//!    advance past a bad frame, so the link could never deliver again;
 //! 3. the message is decoded within the cluster's [`Limits`], and PROPOSE
 //!    batches are hashed while decoding;
 //! 4. signatures of everything received in this round are verified in one
@@ -83,6 +85,9 @@ struct Stage {
     disconnected: bool,
     /// Where link ups and downs are reported (peer, up), if anywhere.
     link_events: Option<Sender<(ReplicaId, bool)>>,
+    /// Links (peer, epoch) whose frame did not open, to reset after the
+    /// poll (at most one per peer).
+    resets: Vec<(ReplicaId, u64)>,
 }
 
 impl<R: RxPath> Receiver<R> {
@@ -111,6 +116,7 @@ impl<R: RxPath> Receiver<R> {
                 pending: Vec::with_capacity(cfg.verify_batch_max),
                 disconnected: false,
                 link_events: None,
+                resets: Vec::with_capacity(n),
             },
             cfg,
         }
@@ -145,6 +151,10 @@ impl<R: RxPath> Receiver<R> {
             &mut |ev| stage.on_event(ev),
         );
         self.stage.verify_pending();
+        // Bounded: at most one entry per peer.
+        for (peer, epoch) in self.stage.resets.drain(..) {
+            self.rx.reset_link(peer, epoch);
+        }
         if self.stage.disconnected {
             return Err(Disconnected);
         }
@@ -212,7 +222,20 @@ impl Stage {
                 let plain = match key.open(frame) {
                     Ok(p) => p,
                     Err(e) => {
+                        // The key stays at the bad frame's sequence: no
+                        // later frame of this link opens. Forget the link
+                        // and have the transport reset it; the peer
+                        // handshakes afresh.
                         self.stats.frame_drop(&e);
+                        // A newer link of the peer replaced the listed
+                        // one already: reset the newer one instead.
+                        match self.resets.iter_mut().find(|(p, _)| *p == peer) {
+                            Some(listed) => listed.1 = epoch,
+                            None => self.resets.push((peer, epoch)),
+                        }
+                        assert!(self.resets.len() <= self.links.len());
+                        self.links[peer.index()] = None;
+                        self.report_link(peer, false);
                         return;
                     }
                 };

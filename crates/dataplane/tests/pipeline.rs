@@ -274,3 +274,111 @@ fn tcp_epoll_pipeline_delivers_verified_in_order() {
 fn tcp_uring_pipeline_delivers_verified_in_order() {
     tcp_pipeline(Io::Uring);
 }
+
+/// Replica 0's receiver over TCP; the test speaks for replica 1 by hand.
+/// A frame whose tag does not verify is dropped and its link reset (the
+/// key stays at the bad frame, so the link could never deliver again); a
+/// fresh handshake delivers again.
+fn a_frame_with_a_bad_tag_resets_the_link(io: Io) {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use wire::link;
+
+    let ring = keyring(2);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let c = TcpConfig::new(ReplicaId(0), addr, vec![], secret(0), ring.clone());
+    let nic0 = TcpNic::start_with_listener(c, listener, io).unwrap();
+    let nic_stats = nic::RxPath::stats(&nic0.rx).clone();
+    let stats = Arc::new(DataplaneStats::default());
+    let (tx, to_control) = crossbeam_channel::bounded(64);
+    let cfg = RxConfig {
+        poll_timeout: Duration::from_millis(5),
+        ..RxConfig::default()
+    };
+    let mut receiver = Receiver::new(
+        nic0.rx,
+        2,
+        Verifier::new(ring.clone(), 64),
+        Limits::default(),
+        cfg,
+        tx,
+        stats.clone(),
+    );
+    let signer = Signer::new(CLUSTER, ReplicaId(1), secret(1));
+    let connect = || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let (hello, dialing) = link::dial(&secret(1), CLUSTER, ReplicaId(1), ReplicaId(0));
+        s.write_all(&hello).unwrap();
+        let mut reply = [0u8; link::ACCEPT_HELLO_LEN];
+        s.read_exact(&mut reply).unwrap();
+        let (seal, confirm) = dialing.finish(&ring, &reply).unwrap();
+        s.write_all(&confirm).unwrap();
+        (s, seal)
+    };
+    let send = |s: &mut TcpStream, seal: &mut link::SealKey, cid: u64, tamper: bool| {
+        let mut frame = Vec::new();
+        seal.seal(
+            &signer.sign(accept(1, cid)).into_inner().encode(),
+            &mut frame,
+        );
+        if tamper {
+            let last = frame.len() - 1;
+            frame[last] ^= 1;
+        }
+        s.write_all(&(frame.len() as u32).to_be_bytes()).unwrap();
+        s.write_all(&frame).unwrap();
+    };
+    let rounds_until =
+        |receiver: &mut Receiver<nic::TcpRx>, what: &str, done: &dyn Fn() -> bool| {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !done() {
+                assert!(Instant::now() < deadline, "timed out waiting for {what}");
+                receiver.round().unwrap();
+            }
+        };
+
+    let (mut s, mut seal) = connect();
+    send(&mut s, &mut seal, 1, false);
+    send(&mut s, &mut seal, 2, true);
+    send(&mut s, &mut seal, 3, false);
+    rounds_until(&mut receiver, "the reset", &|| {
+        nic_stats.snapshot().peer(ReplicaId(1)).bad_frame_resets == 1
+    });
+    // The transport closes the socket on the next poll.
+    let mut buf = [0u8; 16];
+    let closed = std::thread::spawn(move || loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    });
+    rounds_until(&mut receiver, "the socket closed", &|| closed.is_finished());
+    assert_eq!(stats.frame_drops("bad_tag"), 1);
+    let got: Vec<Message> = to_control.try_iter().map(|v| v.into_inner()).collect();
+    assert_eq!(got.len(), 1, "only the frame before the bad one");
+
+    let (mut s, mut seal) = connect();
+    send(&mut s, &mut seal, 4, false);
+    let mut got = Vec::new();
+    rounds_until(&mut receiver, "a message on the new link", &|| {
+        !to_control.is_empty()
+    });
+    got.extend(to_control.try_iter().map(|v| v.into_inner()));
+    assert!(
+        matches!(&got[..], [Message::Accept(a)] if a.cid == 4),
+        "{got:?}"
+    );
+    drop(nic0.connector);
+}
+
+#[test]
+fn a_frame_with_a_bad_tag_resets_the_link_epoll() {
+    a_frame_with_a_bad_tag_resets_the_link(Io::Epoll);
+}
+
+#[test]
+fn a_frame_with_a_bad_tag_resets_the_link_uring() {
+    a_frame_with_a_bad_tag_resets_the_link(Io::Uring);
+}

@@ -176,6 +176,17 @@ pub trait RxPath: Send + 'static {
     /// thread that waits on the transport and on other inputs at once).
     fn waker(&self) -> RxWaker;
 
+    /// Resets the link of `epoch` from `peer` because one of its frames did
+    /// not open (bad tag, or any other [`OpenKey::open`] error: the key does
+    /// not advance past a bad frame, so no later frame of the link can open
+    /// either). The connection is closed; the next poll delivers its
+    /// `LinkDown` (frames still buffered are dropped, counted in `rx_lost`)
+    /// and the peer redials and handshakes afresh. Counted in
+    /// `bad_frame_resets`. Returns false, changing nothing, if `epoch` is
+    /// not `peer`'s current link (already gone or replaced) or `peer` is
+    /// outside the cluster. Call it outside `poll` (after it returns).
+    fn reset_link(&mut self, peer: ReplicaId, epoch: u64) -> bool;
+
     /// Counters of this transport (shared with its [`TxPath`] and the
     /// metrics exporter).
     fn stats(&self) -> &Arc<NicStats>;

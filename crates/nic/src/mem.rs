@@ -109,7 +109,7 @@ impl MemNetwork {
                 }
                 let to = ReplicaId(j as u16);
                 let (hello, dialing) = link::dial(&config.identities[i], cluster, from, to);
-                let (reply, peer, open) = link::accept(
+                let (reply, peer, challenged) = link::accept(
                     &config.identities[j],
                     &config.keyring,
                     to,
@@ -118,9 +118,12 @@ impl MemNetwork {
                 )
                 .expect("in-memory handshake: keys must match the keyring");
                 assert_eq!(peer, from);
-                let seal = dialing
+                let (seal, confirm) = dialing
                     .finish(&config.keyring, &reply)
                     .expect("in-memory handshake: keys must match the keyring");
+                let open = challenged
+                    .confirm(&confirm)
+                    .expect("in-memory handshake: both sides derive one key");
                 epoch += 1;
                 let queue = senders[j][i].clone().expect("queue from another replica");
                 queue
@@ -282,6 +285,20 @@ impl RxPath for MemRx {
         }
         while self.wake.1.try_recv().is_ok() {}
         self.take(max_events, per_peer_budget, handler)
+    }
+
+    /// In memory a frame is never corrupted in transit and a link is never
+    /// redialed: the reset is only counted (`bad_frame_resets`), for a
+    /// peer of the cluster.
+    fn reset_link(&mut self, peer: ReplicaId, _epoch: u64) -> bool {
+        if peer == self.me || peer.index() >= self.stats.peers.len() {
+            return false;
+        }
+        self.stats
+            .peer(peer)
+            .bad_frame_resets
+            .fetch_add(1, Ordering::Relaxed);
+        true
     }
 
     fn stats(&self) -> &Arc<NicStats> {

@@ -7,10 +7,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use wire::ReplicaId;
 
 /// Labels of `handshake_failures`: every [`wire::link::HandshakeError`]
-/// label, then the I/O outcomes `timeout` (no complete HELLO within the
-/// handshake timeout), `closed` (the other side closed first), `io` (any
-/// other socket error), and `other` (a label this build does not know).
-pub const HANDSHAKE_FAILURE_LABELS: [&str; 12] = [
+/// label, then the I/O outcomes `timeout` (no complete HELLO and CONFIRM
+/// within the handshake timeout: also what a replayed HELLO ends as),
+/// `closed` (the other side closed first), `io` (any other socket error),
+/// and `other` (a label this build does not know).
+pub const HANDSHAKE_FAILURE_LABELS: [&str; 13] = [
     "malformed",
     "wrong_cluster",
     "unknown_replica",
@@ -19,6 +20,7 @@ pub const HANDSHAKE_FAILURE_LABELS: [&str; 12] = [
     "not_fresh",
     "bad_signature",
     "weak_exchange",
+    "bad_confirm",
     "timeout",
     "closed",
     "io",
@@ -52,6 +54,7 @@ pub(crate) struct PeerCounters {
     pub(crate) rx_budget_exhausted: AtomicU64,
     pub(crate) rx_lost: AtomicU64,
     pub(crate) fault_drops: AtomicU64,
+    pub(crate) bad_frame_resets: AtomicU64,
 }
 
 /// Counters of one transport (all `u64`, relaxed atomics). Per-peer counters
@@ -65,6 +68,7 @@ pub struct NicStats {
     pub(crate) connections_replaced: AtomicU64,
     pub(crate) dial_failures: AtomicU64,
     pub(crate) handshakes_refused_busy: AtomicU64,
+    pub(crate) handshakes_evicted: AtomicU64,
     pub(crate) handshake_failures_accept: [AtomicU64; LABELS],
     pub(crate) handshake_failures_dial: [AtomicU64; LABELS],
 }
@@ -96,6 +100,10 @@ pub struct PeerStatsSnapshot {
     /// Messages, frames or handshakes dropped by the fault switch, both
     /// directions.
     pub fault_drops: u64,
+    /// Links from the peer reset because a frame did not open (bad tag,
+    /// or any other check of [`wire::link::OpenKey::open`]): the receiver
+    /// asked for it with [`crate::RxPath::reset_link`]; the peer redials.
+    pub bad_frame_resets: u64,
 }
 
 /// Plain copy of all counters of a transport.
@@ -116,9 +124,12 @@ pub struct NicStatsSnapshot {
     pub connections_replaced: u64,
     /// Outbound TCP connects that failed (refused, unreachable, timeout).
     pub dial_failures: u64,
-    /// Inbound connections closed at once: too many handshakes in flight
-    /// (or the receive side not taking new links).
+    /// Authenticated inbound links dropped because the receive side was not
+    /// taking new links (its channel full).
     pub handshakes_refused_busy: u64,
+    /// Unauthenticated inbound connections closed to make room for a newer
+    /// one: every one of the `handshakes_in_flight_max` slots was taken.
+    pub handshakes_evicted: u64,
     /// Per label of [`HANDSHAKE_FAILURE_LABELS`], same order.
     pub handshake_failures_accept: [u64; LABELS],
     /// Per label of [`HANDSHAKE_FAILURE_LABELS`], same order.
@@ -153,7 +164,9 @@ pub struct Metric {
 }
 
 /// Per-peer counters, each one metric.
-const PER_PEER: usize = 9;
+const PER_PEER: usize = 10;
+/// Counters without labels, each one metric.
+const GLOBAL: usize = 8;
 
 fn load(a: &AtomicU64) -> u64 {
     a.load(Ordering::Relaxed)
@@ -171,6 +184,7 @@ impl NicStats {
             connections_replaced: AtomicU64::new(0),
             dial_failures: AtomicU64::new(0),
             handshakes_refused_busy: AtomicU64::new(0),
+            handshakes_evicted: AtomicU64::new(0),
             handshake_failures_accept: Default::default(),
             handshake_failures_dial: Default::default(),
         }
@@ -211,6 +225,7 @@ impl NicStats {
                     rx_budget_exhausted: load(&p.rx_budget_exhausted),
                     rx_lost: load(&p.rx_lost),
                     fault_drops: load(&p.fault_drops),
+                    bad_frame_resets: load(&p.bad_frame_resets),
                 })
                 .collect(),
             oversize_frames: load(&self.oversize_frames),
@@ -220,6 +235,7 @@ impl NicStats {
             connections_replaced: load(&self.connections_replaced),
             dial_failures: load(&self.dial_failures),
             handshakes_refused_busy: load(&self.handshakes_refused_busy),
+            handshakes_evicted: load(&self.handshakes_evicted),
             handshake_failures_accept: std::array::from_fn(|i| {
                 load(&self.handshake_failures_accept[i])
             }),
@@ -234,7 +250,7 @@ impl NicStats {
     /// (`accept`/`dial`) and `reason`.
     pub fn metrics(&self) -> Vec<Metric> {
         let s = self.snapshot();
-        let mut out = Vec::with_capacity(s.peers.len() * PER_PEER + 7 + 2 * LABELS);
+        let mut out = Vec::with_capacity(s.peers.len() * PER_PEER + GLOBAL + 2 * LABELS);
         for (i, p) in s.peers.iter().enumerate() {
             let per_peer: [(&'static str, u64); PER_PEER] = [
                 ("nic_rx_frames_total", p.rx_frames),
@@ -246,6 +262,7 @@ impl NicStats {
                 ("nic_rx_budget_exhausted_total", p.rx_budget_exhausted),
                 ("nic_rx_lost_total", p.rx_lost),
                 ("nic_fault_drops_total", p.fault_drops),
+                ("nic_bad_frame_resets_total", p.bad_frame_resets),
             ];
             for (name, value) in per_peer {
                 out.push(Metric {
@@ -255,7 +272,7 @@ impl NicStats {
                 });
             }
         }
-        let global: [(&'static str, u64); 7] = [
+        let global: [(&'static str, u64); GLOBAL] = [
             ("nic_oversize_frames_total", s.oversize_frames),
             ("nic_connections_accepted_total", s.connections_accepted),
             ("nic_connections_dialed_total", s.connections_dialed),
@@ -266,6 +283,7 @@ impl NicStats {
                 "nic_handshakes_refused_busy_total",
                 s.handshakes_refused_busy,
             ),
+            ("nic_handshakes_evicted_total", s.handshakes_evicted),
         ];
         for (name, value) in global {
             out.push(Metric {
@@ -306,6 +324,7 @@ mod tests {
             E::NotFresh,
             E::BadSignature,
             E::WeakExchange,
+            E::BadConfirm,
         ];
         for e in errors {
             assert_ne!(label_index(e.label()), LABELS - 1, "{}", e.label());
@@ -320,7 +339,7 @@ mod tests {
             .fetch_add(3, Ordering::Relaxed);
         s.handshake_failed(Side::Accept, "bad_signature");
         let m = s.metrics();
-        assert_eq!(m.len(), 4 * PER_PEER + 7 + 2 * LABELS);
+        assert_eq!(m.len(), 4 * PER_PEER + GLOBAL + 2 * LABELS);
         assert!(m.iter().any(|m| m.name == "nic_rx_frames_total"
             && m.labels == vec![("peer", "2".to_string())]
             && m.value == 3));

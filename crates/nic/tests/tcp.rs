@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use nic::{Io, RxPath, TcpNic, TxError, TxPath};
 use rand::RngCore;
-use wire::link::{self, ACCEPT_HELLO_LEN};
+use wire::link::{self, ACCEPT_HELLO_LEN, CONFIRM_LEN};
 use wire::SecretKey;
 
 /// Runs each test body once per backend.
@@ -38,7 +38,195 @@ both_backends!(
     fault_switch_partitions_and_heals,
     large_messages_cross_in_pieces,
     a_wake_returns_a_blocked_poll,
+    a_replayed_hello_does_not_replace_the_live_link,
+    idle_unauthenticated_sockets_do_not_keep_a_restarting_peer_out,
+    an_idle_unauthenticated_socket_is_closed_at_the_handshake_deadline,
+    a_frame_with_a_bad_tag_resets_the_link,
+    a_reset_link_is_redialed_by_its_peer,
 );
+
+/// A HELLO (and the CONFIRM after it) captured from a past handshake of
+/// replica 1 and replayed at replica 0: the replay meets a fresh challenge it
+/// cannot answer, so it is closed, never authenticated, and the live link
+/// from 1 stays up and keeps delivering.
+fn a_replayed_hello_does_not_replace_the_live_link(io: Io) {
+    let (c, mut nodes) = Cluster::start(4, io, |_| {});
+    exchange_all_pairs(&mut nodes, 5);
+    let live = nodes[0].inbox.current_epoch(r(1)).unwrap();
+    let stats = nodes[0].rx.stats().clone();
+    let failures = |label: &str| stats.snapshot().accept_failures(label);
+    // What an eavesdropper saw of one real handshake 1 -> 0 (replica 0's
+    // key answers it here, as replica 0 did then).
+    let (hello, dialing) = link::dial(&c.ids[1], CLUSTER_ID, r(1), r(0));
+    let (reply, _, _) = link::accept(&c.ids[0], &c.ring, r(0), &hello, 1 << 20).unwrap();
+    let (_, confirm) = dialing.finish(&c.ring, &reply).unwrap();
+    assert_eq!(confirm.len(), CONFIRM_LEN);
+
+    // Replay of HELLO and CONFIRM together.
+    let mut s = TcpStream::connect(c.addrs[0]).unwrap();
+    s.write_all(&hello).unwrap();
+    s.write_all(&confirm).unwrap();
+    let mut challenge = [0u8; ACCEPT_HELLO_LEN];
+    s.read_exact(&mut challenge).unwrap();
+    assert_ne!(
+        &challenge[..],
+        &reply[..],
+        "a fresh challenge, not the old reply"
+    );
+    assert_closed_by_peer(&mut s);
+    assert_eq!(failures("bad_confirm"), 1);
+
+    // Replay of the HELLO alone: it waits for a CONFIRM that never comes
+    // and is closed at the handshake deadline.
+    let mut s = TcpStream::connect(c.addrs[0]).unwrap();
+    s.write_all(&hello).unwrap();
+    assert_closed_by_peer(&mut s);
+    assert_eq!(failures("timeout"), 1);
+
+    // The live link was never touched and still carries traffic.
+    exchange_all_pairs(&mut nodes, 5);
+    let ib = &nodes[0].inbox;
+    assert_eq!(ib.current_epoch(r(1)), Some(live));
+    assert!(ib.downs.is_empty(), "{:?}", ib.downs);
+    assert_eq!(ib.ups.len(), 3);
+    assert_eq!(ib.from(r(1)).len(), 10);
+    let snap = stats.snapshot();
+    assert_eq!(snap.connections_replaced, 0);
+    assert_eq!(snap.connections_accepted, 3, "a replay never authenticates");
+}
+
+/// Far more idle connections than pre-auth slots (16) on replica 0's port,
+/// with a handshake deadline longer than the test: a restarting replica 3
+/// still gets its link up, because newcomers evict the oldest
+/// unauthenticated socket instead of being refused.
+fn idle_unauthenticated_sockets_do_not_keep_a_restarting_peer_out(io: Io) {
+    let (c, mut nodes) = Cluster::start(4, io, |c| c.handshake_timeout_ms = 120_000);
+    wait_links_up(&mut nodes);
+    let old = nodes[0].inbox.current_epoch(r(3)).unwrap();
+    drop(nodes.pop().unwrap()); // replica 3 stops
+    wait(&mut nodes, 0, "LinkDown of 3", |ib| {
+        ib.downs.contains(&(r(3), old))
+    });
+
+    let stats = nodes[0].rx.stats().clone();
+    let idle: Vec<TcpStream> = (0..64)
+        .map(|_| TcpStream::connect(c.addrs[0]).unwrap())
+        .collect();
+    // All 64 were accepted: 16 hold the slots, 48 were evicted.
+    let deadline = Instant::now() + WAIT;
+    while stats.snapshot().handshakes_evicted < 64 - 16 {
+        assert!(Instant::now() < deadline, "{:?}", stats.snapshot());
+        std::thread::yield_now();
+    }
+
+    let started = Instant::now();
+    let listener = TcpListener::bind(c.addrs[3]).unwrap();
+    let mut cfg = c.config(3);
+    cfg.handshake_timeout_ms = 120_000;
+    nodes.push(c.node(cfg, listener));
+    wait(&mut nodes, 0, "LinkUp of the restarted 3", |ib| {
+        ib.current_epoch(r(3)).is_some_and(|e| e > old)
+    });
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "rescued by the deadline"
+    );
+    exchange_all_pairs(&mut nodes, 5);
+    let snap = stats.snapshot();
+    assert!(
+        snap.handshakes_evicted > 64 - 16,
+        "the peer evicted one too: {snap:?}"
+    );
+    assert_eq!(
+        snap.accept_failures_total(),
+        0,
+        "evictions are not failures"
+    );
+    drop(idle);
+}
+
+/// An unauthenticated socket that sends nothing is closed at the handshake
+/// deadline and frees its slot.
+fn an_idle_unauthenticated_socket_is_closed_at_the_handshake_deadline(io: Io) {
+    let (c, mut nodes) = Cluster::start(2, io, |c| c.handshake_timeout_ms = 300);
+    wait_links_up(&mut nodes);
+    let stats = nodes[0].rx.stats().clone();
+    let started = Instant::now();
+    let mut s = TcpStream::connect(c.addrs[0]).unwrap();
+    assert_closed_by_peer(&mut s);
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(250), "closed early: {took:?}");
+    assert!(took < Duration::from_secs(5), "closed late: {took:?}");
+    assert_eq!(stats.snapshot().accept_failures("timeout"), 1);
+    assert_eq!(stats.snapshot().handshakes_evicted, 0);
+}
+
+/// A frame whose tag does not verify (as the receiver finds when it opens
+/// it) resets its link: LinkDown, the socket closed, `bad_frame_resets`
+/// counted; the sender's later frames are not left stuck behind it, and a
+/// fresh handshake delivers again.
+fn a_frame_with_a_bad_tag_resets_the_link(io: Io) {
+    // Replicas 0..3 run; the test speaks for replica 3 with its real key.
+    let (c, listeners) = Cluster::bind(4, 3, io);
+    let mut nodes: Vec<TcpNode> = listeners
+        .into_iter()
+        .enumerate()
+        .map(|(i, l)| c.node(c.config(i), l))
+        .collect();
+    let (mut s, mut seal) = c.connect_as(3, 0);
+    send_frame(&mut s, &mut seal, b"good", false);
+    wait(&mut nodes, 0, "first frame from 3", |ib| {
+        ib.from(r(3)).len() == 1
+    });
+    let epoch = nodes[0].inbox.current_epoch(r(3)).unwrap();
+    send_frame(&mut s, &mut seal, b"tampered", true);
+    send_frame(&mut s, &mut seal, b"after the bad one", false);
+    wait(&mut nodes, 0, "LinkDown after the bad tag", |ib| {
+        ib.downs.contains(&(r(3), epoch))
+    });
+    assert_closed_by_peer(&mut s);
+    let snap = nodes[0].rx.stats().snapshot();
+    assert_eq!(snap.peer(r(3)).bad_frame_resets, 1);
+    assert_eq!(nodes[0].inbox.from(r(3)), vec![&b"good"[..]]);
+
+    // The peer handshakes afresh and its frames open again.
+    let (mut s, mut seal) = c.connect_as(3, 0);
+    send_frame(&mut s, &mut seal, b"after the reset", false);
+    wait(&mut nodes, 0, "frame on the new link", |ib| {
+        ib.from(r(3)).len() == 2
+    });
+    assert!(nodes[0].inbox.current_epoch(r(3)).unwrap() > epoch);
+    assert_eq!(nodes[0].inbox.from(r(3))[1], b"after the reset");
+    // Resetting a link that is gone changes nothing.
+    assert!(!nodes[0].rx.reset_link(r(3), epoch));
+    assert!(!nodes[0].rx.reset_link(r(9), epoch));
+    assert_eq!(
+        nodes[0].rx.stats().snapshot().peer(r(3)).bad_frame_resets,
+        1
+    );
+}
+
+/// A link the receiver resets (what it does on a bad tag) is redialed by
+/// the real peer at once, with a new handshake and epoch; messages sent
+/// after the reset arrive.
+fn a_reset_link_is_redialed_by_its_peer(io: Io) {
+    let (_c, mut nodes) = Cluster::start(2, io, |_| {});
+    exchange_all_pairs(&mut nodes, 3);
+    let old = nodes[0].inbox.current_epoch(r(1)).unwrap();
+    assert!(nodes[0].rx.reset_link(r(1), old));
+    assert!(!nodes[0].rx.reset_link(r(1), old), "already resetting");
+    wait(&mut nodes, 0, "new link from 1", |ib| {
+        ib.downs.contains(&(r(1), old)) && ib.current_epoch(r(1)).is_some_and(|e| e > old)
+    });
+    flush_until(&mut nodes, "1 saw its link reset", |nodes| {
+        nodes[1].tx.stats().snapshot().connections_reset >= 1
+    });
+    exchange_all_pairs(&mut nodes, 3);
+    assert_eq!(
+        nodes[0].rx.stats().snapshot().peer(r(1)).bad_frame_resets,
+        1
+    );
+}
 
 /// A waker makes a poll blocked with a long timeout return at once, even
 /// when the wake came first (the control thread waits in the poll when the
@@ -284,17 +472,9 @@ fn oversize_length_prefix_closes_the_link_without_allocating(io: Io) {
         })
         .collect();
 
-    let mut s = TcpStream::connect(c.addrs[0]).unwrap();
-    let (hello, dialing) = link::dial(&c.ids[3], CLUSTER_ID, r(3), r(0));
-    s.write_all(&hello).unwrap();
-    let mut reply = [0u8; ACCEPT_HELLO_LEN];
-    s.read_exact(&mut reply).unwrap();
-    let mut seal = dialing.finish(&c.ring, &reply).unwrap();
+    let (mut s, mut seal) = c.connect_as(3, 0);
     // One good frame first.
-    let mut frame = Vec::new();
-    seal.seal(b"hello from 3", &mut frame);
-    s.write_all(&(frame.len() as u32).to_be_bytes()).unwrap();
-    s.write_all(&frame).unwrap();
+    send_frame(&mut s, &mut seal, b"hello from 3", false);
     wait(&mut nodes, 0, "frame from 3", |ib| ib.from(r(3)).len() == 1);
     assert_eq!(nodes[0].inbox.from(r(3))[0], b"hello from 3");
     // Then a length prefix just above the limit (the buffer holds exactly
@@ -309,11 +489,7 @@ fn oversize_length_prefix_closes_the_link_without_allocating(io: Io) {
     assert_eq!(nodes[0].rx.stats().snapshot().oversize_frames, 1);
 
     // And one of 4 GiB.
-    let mut s = TcpStream::connect(c.addrs[0]).unwrap();
-    let (hello, dialing) = link::dial(&c.ids[3], CLUSTER_ID, r(3), r(0));
-    s.write_all(&hello).unwrap();
-    s.read_exact(&mut reply).unwrap();
-    dialing.finish(&c.ring, &reply).unwrap();
+    let (mut s, _) = c.connect_as(3, 0);
     s.write_all(&u32::MAX.to_be_bytes()).unwrap();
     s.write_all(&[0u8; 1000]).unwrap();
     wait(&mut nodes, 0, "second LinkDown of 3", |ib| {

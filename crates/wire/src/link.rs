@@ -2,26 +2,39 @@
 //!
 //! **Key agreement.** Link keys are agreed from the ed25519 identities in the
 //! cluster config, one key per connection and direction, with a signed
-//! ephemeral X25519 exchange (SIGMA-style): the dialer sends
-//! HELLO(cluster, from, to, eph_d) signed by its identity; the acceptor
-//! answers HELLO(cluster, from, to, eph_a, eph_d) signed by its identity,
-//! binding the dialer's fresh ephemeral; both derive
-//! `HKDF-SHA256(salt = cluster id, ikm = X25519(eph_d, eph_a),
-//! info = "bftd/link/v1" || from || to || eph_d || eph_a)` as an AES-256-GCM
-//! key for the dialer-to-acceptor direction. A replayed HELLO gains nothing:
-//! the replayer cannot compute the key without the ephemeral secret.
+//! ephemeral X25519 exchange and key confirmation (SIGMA-style, three
+//! messages):
+//! 1. dialer → acceptor: HELLO(cluster, from, to, eph_d) signed by the
+//!    dialer's identity ([`DIAL_HELLO_LEN`] bytes);
+//! 2. acceptor → dialer: HELLO(cluster, from, to, eph_a, eph_d) signed by
+//!    the acceptor's identity ([`ACCEPT_HELLO_LEN`] bytes). `eph_a` is the
+//!    acceptor's fresh challenge; echoing `eph_d` binds the dialer's;
+//! 3. dialer → acceptor: CONFIRM = HMAC-SHA256(confirm key, "bftd/confirm/v2"
+//!    || HELLO 1 || HELLO 2) ([`CONFIRM_LEN`] bytes).
+//!
+//! Both derive `HKDF-SHA256(salt = cluster id, ikm = X25519(eph_d, eph_a),
+//! info = "bftd/link/v2" || from || to || eph_d || eph_a)`, 64 bytes: an
+//! AES-256-GCM key for the dialer-to-acceptor direction, then the confirm
+//! key. The acceptor hands out the frame key ([`OpenKey`]) only once the
+//! CONFIRM verifies ([`AwaitingConfirm::confirm`]): a HELLO captured once and
+//! replayed gets a fresh `eph_a` it cannot answer without the ephemeral
+//! secret, so it never yields a link, and never replaces a live one.
 //!
 //! **Frames.** After the handshake every message travels as
 //! `header(12) || ciphertext || tag(16)`, header = version(1) kind(1)
 //! sender(2) link_seq(8), authenticated as AEAD associated data; the nonce is
 //! the link sequence number, so no (key, nonce) pair repeats. The receiver
 //! checks, cheapest first: size, version, sender, sequence (exactly the next
-//! one: links run over an ordered stream), then the tag.
+//! one: links run over an ordered stream), then the tag. A frame that fails
+//! any check leaves the key unchanged, so the link's later frames cannot
+//! open either: the receiver resets the connection and the dialer
+//! handshakes afresh.
 
 use aes_gcm::aead::{AeadInPlace, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce, Tag};
 
 type GcmNonce = Nonce<aes_gcm::aead::consts::U12>;
+use hkdf::hmac::{Hmac, Mac};
 use hkdf::Hkdf;
 use sha2::Sha256;
 use thiserror::Error;
@@ -32,14 +45,19 @@ use crate::crypto::{Keyring, SecretKey, Signature};
 use crate::ids::ReplicaId;
 
 const MAGIC: &[u8; 4] = b"BFTD";
-const HELLO_VERSION: u8 = 1;
+/// Version 2 added the CONFIRM message (a version-1 peer fails the
+/// handshake as malformed).
+const HELLO_VERSION: u8 = 2;
 const DOMAIN_HELLO_DIAL: &[u8; 16] = b"bftd/hello-d/v1\0";
 const DOMAIN_HELLO_ACCEPT: &[u8; 16] = b"bftd/hello-a/v1\0";
+const DOMAIN_CONFIRM: &[u8; 15] = b"bftd/confirm/v2";
 
 /// Bytes of the dialer's HELLO.
 pub const DIAL_HELLO_LEN: usize = 4 + 1 + 8 + 2 + 2 + 32 + 64;
 /// Bytes of the acceptor's HELLO.
 pub const ACCEPT_HELLO_LEN: usize = 4 + 1 + 8 + 2 + 2 + 32 + 32 + 64;
+/// Bytes of the dialer's CONFIRM (an HMAC-SHA256 tag).
+pub const CONFIRM_LEN: usize = 32;
 /// Bytes of a frame header.
 pub const FRAME_HEADER_LEN: usize = 12;
 /// Bytes of the AEAD tag at the end of a frame.
@@ -68,6 +86,8 @@ pub enum HandshakeError {
     BadSignature,
     #[error("key exchange produced a non-contributory secret")]
     WeakExchange,
+    #[error("CONFIRM does not prove the link key")]
+    BadConfirm,
 }
 
 impl HandshakeError {
@@ -82,6 +102,7 @@ impl HandshakeError {
             HandshakeError::NotFresh => "not_fresh",
             HandshakeError::BadSignature => "bad_signature",
             HandshakeError::WeakExchange => "weak_exchange",
+            HandshakeError::BadConfirm => "bad_confirm",
         }
     }
 }
@@ -183,6 +204,11 @@ impl Hello {
     }
 }
 
+type HmacSha256 = Hmac<Sha256>;
+
+/// The keys of one connection: the frame cipher, and the MAC state that
+/// computes the CONFIRM over the transcript `dial_hello || accept_hello`.
+#[allow(clippy::too_many_arguments)] // the transcript, named
 fn derive(
     cluster: u64,
     from: u16,
@@ -190,24 +216,35 @@ fn derive(
     eph_d: &[u8; 32],
     eph_a: &[u8; 32],
     shared: &[u8; 32],
-) -> Aes256Gcm {
+    dial_hello: &[u8],
+    accept_hello: &[u8],
+) -> (Aes256Gcm, HmacSha256) {
     let hk = Hkdf::<Sha256>::new(Some(&cluster.to_be_bytes()), shared);
     let mut info = Vec::with_capacity(12 + 4 + 64);
-    info.extend_from_slice(b"bftd/link/v1");
+    info.extend_from_slice(b"bftd/link/v2");
     info.extend_from_slice(&from.to_be_bytes());
     info.extend_from_slice(&to.to_be_bytes());
     info.extend_from_slice(eph_d);
     info.extend_from_slice(eph_a);
-    let mut key = [0u8; 32];
-    hk.expand(&info, &mut key)
-        .expect("32 bytes is a valid HKDF-SHA256 length");
-    Aes256Gcm::new(&key.into())
+    let mut okm = [0u8; 64];
+    hk.expand(&info, &mut okm)
+        .expect("64 bytes is a valid HKDF-SHA256 length");
+    let (frame_key, confirm_key) = okm.split_at(32);
+    let cipher = Aes256Gcm::new_from_slice(frame_key).expect("32-byte AES-256 key");
+    let mut mac =
+        <HmacSha256 as Mac>::new_from_slice(confirm_key).expect("HMAC takes any key length");
+    mac.update(DOMAIN_CONFIRM);
+    mac.update(dial_hello);
+    mac.update(accept_hello);
+    (cipher, mac)
 }
 
 /// The dialer's side of a handshake in progress.
 pub struct Dialing {
     secret: EphemeralSecret,
     eph: [u8; 32],
+    /// Our HELLO, for the CONFIRM's transcript.
+    hello: Vec<u8>,
     cluster: u64,
     from: u16,
     to: u16,
@@ -234,22 +271,26 @@ pub fn dial(
     hello.signature = identity.sign(&hello.signed_bytes());
     let bytes = hello.encode();
     assert_eq!(bytes.len(), DIAL_HELLO_LEN);
-    (
-        bytes,
-        Dialing {
-            secret,
-            eph,
-            cluster,
-            from: from.0,
-            to: to.0,
-        },
-    )
+    let dialing = Dialing {
+        secret,
+        eph,
+        hello: bytes.clone(),
+        cluster,
+        from: from.0,
+        to: to.0,
+    };
+    (bytes, dialing)
 }
 
 impl Dialing {
-    /// Checks the acceptor's HELLO ([`ACCEPT_HELLO_LEN`] bytes) and returns
-    /// the key that seals this direction.
-    pub fn finish(self, keyring: &Keyring, reply: &[u8]) -> Result<SealKey, HandshakeError> {
+    /// Checks the acceptor's HELLO ([`ACCEPT_HELLO_LEN`] bytes); returns the
+    /// key that seals this direction and the CONFIRM ([`CONFIRM_LEN`]
+    /// bytes) to send before the first frame.
+    pub fn finish(
+        self,
+        keyring: &Keyring,
+        reply: &[u8],
+    ) -> Result<(SealKey, [u8; CONFIRM_LEN]), HandshakeError> {
         let h = Hello::decode(reply, true)?;
         h.check(keyring, Some(self.to), self.from)?;
         if h.echo != Some(self.eph) {
@@ -259,31 +300,70 @@ impl Dialing {
         if !shared.was_contributory() {
             return Err(HandshakeError::WeakExchange);
         }
-        let cipher = derive(
+        let (cipher, mac) = derive(
             self.cluster,
             self.from,
             self.to,
             &self.eph,
             &h.eph,
             shared.as_bytes(),
+            &self.hello,
+            reply,
         );
-        Ok(SealKey {
-            cipher,
-            sender: self.from,
-            next_seq: 0,
-        })
+        let confirm: [u8; CONFIRM_LEN] = mac.finalize().into_bytes().into();
+        Ok((
+            SealKey {
+                cipher,
+                sender: self.from,
+                next_seq: 0,
+            },
+            confirm,
+        ))
     }
 }
 
-/// Answers a dialer's HELLO on replica `me`: returns the reply to send, the
-/// peer, and the key that opens frames from it.
+/// The acceptor's side of a handshake whose reply is sent: it holds the
+/// frame key back until the dialer's CONFIRM proves it holds the same key
+/// (only [`AwaitingConfirm::confirm`] makes the [`OpenKey`]).
+pub struct AwaitingConfirm {
+    open: OpenKey,
+    /// The MAC state over the transcript; finalised against the CONFIRM.
+    mac: HmacSha256,
+}
+
+impl AwaitingConfirm {
+    /// The replica the (not yet confirmed) HELLO came from.
+    pub fn peer(&self) -> ReplicaId {
+        ReplicaId(self.open.peer)
+    }
+
+    /// Checks the dialer's CONFIRM ([`CONFIRM_LEN`] bytes, compared in
+    /// constant time) and returns the key that opens its frames. Errors:
+    /// `Malformed` for a wrong length, `BadConfirm` for a wrong tag.
+    pub fn confirm(self, confirm: &[u8]) -> Result<OpenKey, HandshakeError> {
+        if confirm.len() != CONFIRM_LEN {
+            return Err(HandshakeError::Malformed(DecodeError::Invalid(
+                "CONFIRM length",
+            )));
+        }
+        self.mac
+            .verify_slice(confirm)
+            .map_err(|_| HandshakeError::BadConfirm)?;
+        Ok(self.open)
+    }
+}
+
+/// Answers a dialer's HELLO on replica `me` with a fresh challenge: returns
+/// the reply to send, the peer it claims to be, and the state that checks
+/// its CONFIRM. Nothing is authenticated yet: a replayed HELLO gets this
+/// far.
 pub fn accept(
     identity: &SecretKey,
     keyring: &Keyring,
     me: ReplicaId,
     hello: &[u8],
     message_bytes_max: usize,
-) -> Result<(Vec<u8>, ReplicaId, OpenKey), HandshakeError> {
+) -> Result<(Vec<u8>, ReplicaId, AwaitingConfirm), HandshakeError> {
     let h = Hello::decode(hello, false)?;
     h.check(keyring, None, me.0)?;
     let secret = EphemeralSecret::random_from_rng(rand::rngs::OsRng);
@@ -303,22 +383,27 @@ pub fn accept(
     reply.signature = identity.sign(&reply.signed_bytes());
     let bytes = reply.encode();
     assert_eq!(bytes.len(), ACCEPT_HELLO_LEN);
-    let cipher = derive(
+    let (cipher, mac) = derive(
         keyring.cluster_id(),
         h.from,
         me.0,
         &h.eph,
         &eph,
         shared.as_bytes(),
+        hello,
+        &bytes,
     );
     Ok((
         bytes,
         ReplicaId(h.from),
-        OpenKey {
-            cipher,
-            peer: h.from,
-            next_seq: 0,
-            frame_bytes_max: message_bytes_max + FRAME_OVERHEAD,
+        AwaitingConfirm {
+            open: OpenKey {
+                cipher,
+                peer: h.from,
+                next_seq: 0,
+                frame_bytes_max: message_bytes_max + FRAME_OVERHEAD,
+            },
+            mac,
         },
     ))
 }

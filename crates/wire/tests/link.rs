@@ -13,10 +13,11 @@ const MAX: usize = 1 << 16;
 fn pair() -> (link::SealKey, link::OpenKey) {
     let ring = keyring(4);
     let (hello, dialing) = link::dial(&secret(1), CLUSTER, ReplicaId(1), ReplicaId(2));
-    let (reply, peer, open) = link::accept(&secret(2), &ring, ReplicaId(2), &hello, MAX).unwrap();
+    let (reply, peer, pending) =
+        link::accept(&secret(2), &ring, ReplicaId(2), &hello, MAX).unwrap();
     assert_eq!(peer, ReplicaId(1));
-    let seal = dialing.finish(&ring, &reply).unwrap();
-    (seal, open)
+    let (seal, confirm) = dialing.finish(&ring, &reply).unwrap();
+    (seal, pending.confirm(&confirm).unwrap())
 }
 
 fn frame(seal: &mut link::SealKey, msg: &[u8]) -> Vec<u8> {
@@ -116,6 +117,32 @@ fn dialer_refuses_a_reply_not_bound_to_its_hello() {
         dial_b.finish(&ring, &reply_a).err(),
         Some(HandshakeError::NotFresh)
     );
+}
+
+/// A HELLO captured on the wire and replayed (with the CONFIRM captured
+/// after it) meets a fresh challenge: the old CONFIRM does not answer it, so
+/// the acceptor never hands out a key for the replay.
+#[test]
+fn a_replayed_hello_gets_no_key_without_the_confirm() {
+    let ring = keyring(4);
+    let (hello, dialing) = link::dial(&secret(1), CLUSTER, ReplicaId(1), ReplicaId(2));
+    let (reply, _, pending) = link::accept(&secret(2), &ring, ReplicaId(2), &hello, MAX).unwrap();
+    let (_, confirm) = dialing.finish(&ring, &reply).unwrap();
+    pending.confirm(&confirm).unwrap();
+    // The replay: same HELLO, same CONFIRM, a new acceptor challenge.
+    let (reply2, peer, replayed) =
+        link::accept(&secret(2), &ring, ReplicaId(2), &hello, MAX).unwrap();
+    assert_eq!(peer, ReplicaId(1), "the HELLO itself still verifies");
+    assert_ne!(reply, reply2, "each answer carries a fresh challenge");
+    assert_eq!(
+        replayed.confirm(&confirm).err(),
+        Some(HandshakeError::BadConfirm)
+    );
+    let (_, _, replayed) = link::accept(&secret(2), &ring, ReplicaId(2), &hello, MAX).unwrap();
+    assert!(matches!(
+        replayed.confirm(&confirm[..16]),
+        Err(HandshakeError::Malformed(_))
+    ));
 }
 
 #[test]

@@ -3,11 +3,18 @@
 //! One `poll(2)` loop over non-blocking sockets, so no peer and no stranger
 //! can hold it up: a HELLO trickled byte by byte costs one slot (of
 //! `handshakes_in_flight_max`) until the handshake timeout, and dials to a
-//! dead peer wait in the same loop. It
-//! - accepts and runs the acceptor's handshake, then hands the link to the
-//!   receive side (bounded channel + eventfd wake-up);
-//! - dials every peer, runs the dialer's handshake, then hands the link to
-//!   the send side (bounded channel, polled by `send`/`flush`);
+//! dead peer wait in the same loop. When every slot is taken, a new
+//! connection evicts the oldest unauthenticated one (counted in
+//! `handshakes_evicted`): idle strangers cannot keep a restarting peer out,
+//! they can at most make it retry. It
+//! - accepts and runs the acceptor's handshake (HELLO in, HELLO with a fresh
+//!   challenge out, CONFIRM in: see [`wire::link`]), then hands the link to
+//!   the receive side (bounded channel + eventfd wake-up). Only a confirmed
+//!   handshake reaches the receive side, so only it can replace a live link:
+//!   a replayed HELLO cannot answer the challenge and times out;
+//! - dials every peer, runs the dialer's handshake (HELLO out, HELLO in,
+//!   CONFIRM out), then hands the link to the send side (bounded channel,
+//!   polled by `send`/`flush`);
 //! - watches each outbound socket: the acceptor never writes after its
 //!   HELLO, so readability means the peer closed it: tells the send side
 //!   and redials;
@@ -24,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use socket2::{Domain, Protocol, Socket, Type};
-use wire::link::{self, Dialing, ACCEPT_HELLO_LEN, DIAL_HELLO_LEN};
+use wire::link::{self, AwaitingConfirm, Dialing, ACCEPT_HELLO_LEN, CONFIRM_LEN, DIAL_HELLO_LEN};
 use wire::{Keyring, ReplicaId, SecretKey};
 
 use super::{ConnectorCmd, Io, NewInbound, TcpConfig, TxLinkEvent};
@@ -151,13 +158,30 @@ impl Drop for Connector {
     }
 }
 
-/// An inbound connection reading the dialer's HELLO.
+/// An inbound connection not yet authenticated: reading the dialer's HELLO,
+/// then (reply written) its CONFIRM. `deadline` bounds both.
 struct Accepting {
     stream: TcpStream,
-    hello: [u8; DIAL_HELLO_LEN],
+    /// The HELLO, then the CONFIRM (shorter), read into the front.
+    buf: [u8; DIAL_HELLO_LEN],
     filled: usize,
     deadline: Instant,
+    /// Set once the HELLO verified and our reply (the challenge) is written.
+    challenged: Option<Box<AwaitingConfirm>>,
 }
+
+impl Accepting {
+    /// Bytes of the message being read: the HELLO, then the CONFIRM.
+    fn want(&self) -> usize {
+        if self.challenged.is_some() {
+            CONFIRM_LEN
+        } else {
+            DIAL_HELLO_LEN
+        }
+    }
+}
+
+const _: () = assert!(CONFIRM_LEN <= DIAL_HELLO_LEN);
 
 #[allow(clippy::large_enum_variant)] // one per peer, set-up path
 enum DialState {
@@ -387,12 +411,6 @@ impl Worker {
                     return;
                 }
             };
-            if self.accepting.len() >= self.handshakes_max {
-                self.stats
-                    .handshakes_refused_busy
-                    .fetch_add(1, Ordering::Relaxed);
-                continue; // dropping `stream` closes it
-            }
             if let Err(e) = stream
                 .set_nonblocking(true)
                 .and_then(|_| stream.set_nodelay(true))
@@ -400,30 +418,55 @@ impl Worker {
                 self.stats.handshake_failed(Side::Accept, io_label(&e));
                 continue;
             }
-            self.accepting.push(Accepting {
+            let new = Accepting {
                 stream,
-                hello: [0; DIAL_HELLO_LEN],
+                buf: [0; DIAL_HELLO_LEN],
                 filled: 0,
                 deadline: Instant::now() + self.handshake_timeout,
-            });
+                challenged: None,
+            };
+            if self.accepting.len() < self.handshakes_max {
+                self.accepting.push(new);
+                continue;
+            }
+            // Every slot is taken: the oldest unauthenticated connection
+            // makes room (dropping it closes it). Replaced in place, so the
+            // indices of this round's `Slot::Accepting` stay valid (the
+            // listener is served before them; the newcomer just gets a
+            // read that finds nothing).
+            let oldest = (0..self.accepting.len())
+                .min_by_key(|&k| self.accepting[k].deadline)
+                .expect("handshakes_max >= 1");
+            self.stats
+                .handshakes_evicted
+                .fetch_add(1, Ordering::Relaxed);
+            self.accepting[oldest] = new;
         }
     }
 
-    /// Reads the HELLO of `accepting[i]`; true when it is finished (handed
-    /// over or failed and counted).
+    /// Reads the HELLO, then the CONFIRM, of `accepting[i]`; true when it
+    /// is finished (handed over, or failed and counted). Reads exactly the
+    /// bytes of the handshake: frames may follow the CONFIRM at once.
     fn step_accepting(&mut self, i: usize) -> bool {
-        let a = &mut self.accepting[i];
-        // Each iteration reads at least one byte or returns.
+        // Each iteration reads at least one byte or returns; two messages.
         loop {
-            match a.stream.read(&mut a.hello[a.filled..]) {
+            let a = &mut self.accepting[i];
+            let want = a.want();
+            match a.stream.read(&mut a.buf[a.filled..want]) {
                 Ok(0) => {
                     self.stats.handshake_failed(Side::Accept, "closed");
                     return true;
                 }
                 Ok(k) => {
                     a.filled += k;
-                    if a.filled == DIAL_HELLO_LEN {
+                    if a.filled < want {
+                        continue;
+                    }
+                    if a.challenged.is_some() {
                         self.finish_accept(i);
+                        return true;
+                    }
+                    if !self.challenge(i) {
                         return true;
                     }
                 }
@@ -437,19 +480,22 @@ impl Worker {
         }
     }
 
-    fn finish_accept(&mut self, i: usize) {
+    /// Checks the HELLO of `accepting[i]` and writes our reply with its
+    /// fresh challenge; true if the connection now waits for the CONFIRM,
+    /// false if it failed (counted).
+    fn challenge(&mut self, i: usize) -> bool {
         let accepted = link::accept(
             &self.identity,
             &self.keyring,
             self.me,
-            &self.accepting[i].hello,
+            &self.accepting[i].buf,
             self.message_bytes_max,
         );
-        let (reply, peer, open) = match accepted {
+        let (reply, peer, challenged) = match accepted {
             Ok(a) => a,
             Err(e) => {
                 self.stats.handshake_failed(Side::Accept, e.label());
-                return;
+                return false;
             }
         };
         assert_eq!(reply.len(), ACCEPT_HELLO_LEN);
@@ -461,27 +507,53 @@ impl Worker {
                 .peer(peer)
                 .fault_drops
                 .fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        // A fresh socket's send buffer takes the whole reply at once.
+        match (&self.accepting[i].stream).write(&reply) {
+            Ok(k) if k == reply.len() => {}
+            Ok(_) => {
+                self.stats.handshake_failed(Side::Accept, "io");
+                return false;
+            }
+            Err(e) => {
+                self.stats.handshake_failed(Side::Accept, io_label(&e));
+                return false;
+            }
+        }
+        let a = &mut self.accepting[i];
+        a.filled = 0;
+        a.challenged = Some(Box::new(challenged));
+        true
+    }
+
+    /// Checks the CONFIRM of `accepting[i]` and hands the now authenticated
+    /// link to the receive side (replacing any live link of that peer).
+    fn finish_accept(&mut self, i: usize) {
+        let a = &mut self.accepting[i];
+        let challenged = a.challenged.take().expect("CONFIRM after the challenge");
+        let peer = challenged.peer();
+        let open = match challenged.confirm(&a.buf[..CONFIRM_LEN]) {
+            Ok(k) => k,
+            Err(e) => {
+                self.stats.handshake_failed(Side::Accept, e.label());
+                return;
+            }
+        };
+        if self.faults.is_blocked(peer) {
+            self.stats
+                .peer(peer)
+                .fault_drops
+                .fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let stream = match self.accepting[i].stream.try_clone() {
+        let stream = match a.stream.try_clone() {
             Ok(s) => s,
             Err(e) => {
                 self.stats.handshake_failed(Side::Accept, io_label(&e));
                 return;
             }
         };
-        // A fresh socket's send buffer takes the whole reply at once.
-        match (&stream).write(&reply) {
-            Ok(k) if k == reply.len() => {}
-            Ok(_) => {
-                self.stats.handshake_failed(Side::Accept, "io");
-                return;
-            }
-            Err(e) => {
-                self.stats.handshake_failed(Side::Accept, io_label(&e));
-                return;
-            }
-        }
         let epoch = self.next_epoch();
         let new = NewInbound {
             peer,
@@ -654,13 +726,26 @@ impl Worker {
             }
         }
         let dialing = dialing.take().expect("one reply per handshake");
-        let seal = match dialing.finish(&self.keyring, &reply[..]) {
+        let (seal, confirm) = match dialing.finish(&self.keyring, &reply[..]) {
             Ok(s) => s,
             Err(e) => {
                 self.stats.handshake_failed(Side::Dial, e.label());
                 return self.back_off(i, now);
             }
         };
+        // The acceptor has read our HELLO, so our send buffer is (nearly)
+        // empty and takes the CONFIRM at once.
+        match stream.write(&confirm) {
+            Ok(k) if k == CONFIRM_LEN => {}
+            Ok(_) => {
+                self.stats.handshake_failed(Side::Dial, "io");
+                return self.back_off(i, now);
+            }
+            Err(e) => {
+                self.stats.handshake_failed(Side::Dial, io_label(&e));
+                return self.back_off(i, now);
+            }
+        }
         let watch = match stream.try_clone() {
             Ok(w) => w,
             Err(e) => {

@@ -269,6 +269,12 @@ impl RxPath for TcpRx {
             TcpRx::Uring(r) => r.poll(max_events, per_peer_budget, timeout, handler),
         }
     }
+    fn reset_link(&mut self, peer: ReplicaId, epoch: u64) -> bool {
+        match self {
+            TcpRx::Epoll(r) => r.reset_link(peer, epoch),
+            TcpRx::Uring(r) => r.reset_link(peer, epoch),
+        }
+    }
     fn stats(&self) -> &Arc<NicStats> {
         match self {
             TcpRx::Epoll(r) => &r.core.stats,

@@ -142,6 +142,24 @@ impl UringRx {
         self.wake.clone()
     }
 
+    /// See [`crate::RxPath::reset_link`]: marks the link closing; the next
+    /// poll closes it and delivers its `LinkDown`.
+    pub(crate) fn reset_link(&mut self, peer: ReplicaId, epoch: u64) -> bool {
+        let Some(Some(link)) = self.links.get_mut(peer.index()) else {
+            return false;
+        };
+        if link.epoch != epoch || link.closing {
+            return false;
+        }
+        link.closing = true;
+        self.core
+            .stats
+            .peer(peer)
+            .bad_frame_resets
+            .fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
     /// See [`crate::RxPath::poll`].
     pub(crate) fn poll<F: FnMut(RxEvent<'_>)>(
         &mut self,

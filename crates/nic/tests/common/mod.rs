@@ -3,13 +3,15 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nic::{
     Connector, Io, MemNode, OpenKey, RxEvent, RxPath, TcpConfig, TcpNic, TcpRx, TcpTx, TxPath,
 };
+use wire::link::{self, SealKey, ACCEPT_HELLO_LEN};
 use wire::{Keyring, ReplicaId, SecretKey};
 
 pub const CLUSTER_ID: u64 = 0xb5d;
@@ -144,6 +146,37 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// Dials replica `to` as replica `from` (with its real key), runs the
+    /// whole handshake (HELLO, reply, CONFIRM) by hand, and returns the
+    /// socket and the key that seals frames on it.
+    pub fn connect_as(&self, from: usize, to: usize) -> (TcpStream, SealKey) {
+        let mut s = TcpStream::connect(self.addrs[to]).unwrap();
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        let (hello, dialing) = link::dial(&self.ids[from], CLUSTER_ID, r(from), r(to));
+        s.write_all(&hello).unwrap();
+        let mut reply = [0u8; ACCEPT_HELLO_LEN];
+        s.read_exact(&mut reply).unwrap();
+        let (seal, confirm) = dialing.finish(&self.ring, &reply).unwrap();
+        s.write_all(&confirm).unwrap();
+        (s, seal)
+    }
+}
+
+/// Writes one frame carrying `message`, sealed with `seal`, with its length
+/// prefix; `tamper` flips a bit of its tag.
+pub fn send_frame(s: &mut TcpStream, seal: &mut SealKey, message: &[u8], tamper: bool) {
+    let mut frame = Vec::new();
+    seal.seal(message, &mut frame);
+    if tamper {
+        let last = frame.len() - 1;
+        frame[last] ^= 1;
+    }
+    let mut out = (frame.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(&frame);
+    s.write_all(&out).unwrap();
+}
+
 /// The backend asked for is the one running (io_uring may be refused by the
 /// kernel: then the test says so and runs on epoll).
 pub fn check_backend(nic: &TcpNic, io: Io) {
@@ -152,7 +185,8 @@ pub fn check_backend(nic: &TcpNic, io: Io) {
     }
 }
 
-/// What one replica received, opened.
+/// What one replica received, opened. Like the dataplane, a frame of the
+/// current link that does not open gets the link reset after the poll.
 #[derive(Default)]
 pub struct Inbox {
     keys: HashMap<ReplicaId, (u64, Box<OpenKey>)>,
@@ -163,6 +197,8 @@ pub struct Inbox {
     /// Frames that did not open (stale epoch or bad frame).
     pub unopened: usize,
     pub events: usize,
+    /// Links (peer, epoch) to reset after this poll: a frame did not open.
+    pub resets: Vec<(ReplicaId, u64)>,
 }
 
 impl Inbox {
@@ -180,7 +216,12 @@ impl Inbox {
             RxEvent::Frame { peer, epoch, frame } => match self.keys.get_mut(&peer) {
                 Some((e, key)) if *e == epoch => match key.open(frame) {
                     Ok(m) => self.messages.push((peer, epoch, m.to_vec())),
-                    Err(_) => self.unopened += 1,
+                    Err(_) => {
+                        self.unopened += 1;
+                        if !self.resets.contains(&(peer, epoch)) {
+                            self.resets.push((peer, epoch));
+                        }
+                    }
                 },
                 _ => self.unopened += 1,
             },
@@ -188,9 +229,13 @@ impl Inbox {
         }
     }
 
-    /// One poll of `rx` into this inbox.
+    /// One poll of `rx` into this inbox, then the resets it asks for.
     pub fn poll<R: RxPath>(&mut self, rx: &mut R, budget: usize, timeout: Duration) -> usize {
-        rx.poll(256, budget, timeout, &mut |e| self.handle(e))
+        let got = rx.poll(256, budget, timeout, &mut |e| self.handle(e));
+        for (peer, epoch) in self.resets.drain(..) {
+            rx.reset_link(peer, epoch);
+        }
+        got
     }
 
     pub fn from(&self, peer: ReplicaId) -> Vec<&[u8]> {
