@@ -61,6 +61,10 @@ pub enum PinCores {
     Off,
 }
 
+/// Largest `instance_window` (and `pipeline_depth`) a config may ask for:
+/// open instances are kept in memory and reported in STOPDATA.
+pub const INSTANCE_WINDOW_MAX: usize = 4096;
+
 /// `[protocol]`: constants every replica must share.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -255,6 +259,18 @@ impl ClusterConfig {
             PublicKey::from_hex(&r.public_key)
                 .map_err(|e| ConfigError::Invalid(format!("replica {}: public_key: {e}", r.id)))?;
         }
+        // One key counted twice would let one replica cast two votes.
+        let mut keys = std::collections::HashMap::new();
+        for r in &self.replicas {
+            let k = r.public_key.trim().to_ascii_lowercase();
+            if let Some(first) = keys.insert(k, r.id) {
+                return invalid(format!(
+                    "replicas {first} and {} have the same public_key: every replica needs its \
+                     own key (`bftd init` writes one per replica)",
+                    r.id
+                ));
+            }
+        }
         let mut addrs = HashSet::new();
         for r in &self.replicas {
             for a in [r.replica_addr, r.client_addr, r.http_addr] {
@@ -273,6 +289,28 @@ impl ClusterConfig {
         if p.batch_bytes_max < p.request_bytes_max + 128 {
             return invalid("batch_bytes_max must hold at least one request of request_bytes_max");
         }
+        // Upper bounds: every one sizes a buffer, table or message.
+        for (v, max, name) in [
+            (p.instance_window, INSTANCE_WINDOW_MAX, "instance_window"),
+            (p.pipeline_depth, INSTANCE_WINDOW_MAX, "pipeline_depth"),
+            (p.batch_requests_max, 1 << 16, "batch_requests_max"),
+            (p.batch_bytes_max, 64 << 20, "batch_bytes_max"),
+            (p.request_bytes_max, 32 << 20, "request_bytes_max"),
+            (p.pending_requests_max, 1 << 22, "pending_requests_max"),
+            (p.checkpoint_period as usize, 1 << 24, "checkpoint_period"),
+            (p.tick_ms as usize, 60_000, "tick_ms"),
+            (p.request_timeout_ms as usize, 3_600_000, "request_timeout_ms"),
+            (p.sync_timeout_ms as usize, 3_600_000, "sync_timeout_ms"),
+            (p.throughput_window_ms as usize, 3_600_000, "throughput_window_ms"),
+            (p.throughput_min_pct as usize, 100, "throughput_min_pct"),
+        ] {
+            if v > max {
+                return invalid(format!("[protocol] {name} = {v} is above its maximum {max}"));
+            }
+        }
+        self.control_config(0)
+            .validate()
+            .map_err(|e| ConfigError::Invalid(format!("[protocol]: {e}")))?;
         let d = &self.dataplane;
         if !matches!(d.threads.as_str(), "auto" | "separate" | "inline") {
             return invalid(format!(
@@ -581,5 +619,37 @@ mod tests {
         assert!(c.validate().unwrap_err().to_string().contains("used twice"));
         let unknown = format!("{}\nbogus = 1\n", DEFAULT_TOML);
         assert!(ClusterConfig::parse(&unknown, Path::new("x.toml")).is_err());
+    }
+
+    fn four() -> ClusterConfig {
+        let mut c = ClusterConfig::default_template();
+        for i in 0..4 {
+            c.replicas.push(loopback_entry(
+                i,
+                30000,
+                &SecretKey::from_seed([i as u8; 32]).public(),
+            ));
+        }
+        c
+    }
+
+    #[test]
+    fn a_public_key_listed_twice_is_refused() {
+        let mut c = four();
+        c.replicas[3].public_key = c.replicas[1].public_key.to_uppercase();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("replicas 1 and 3 have the same public_key"), "{err}");
+    }
+
+    #[test]
+    fn config_numbers_above_their_bounds_are_refused_not_allocated() {
+        let mut c = four();
+        c.protocol.instance_window = 100_000_000_000;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("instance_window = 100000000000 is above"), "{err}");
+        let mut c = four();
+        c.protocol.pending_requests_max = 8; // below n x the per-client share
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("pending_requests_max (8) must be >="), "{err}");
     }
 }

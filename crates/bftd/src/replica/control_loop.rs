@@ -40,6 +40,10 @@ pub struct ControlLoop<T: TxPath, R: RxPath> {
     /// This replica's own requests, signed on the API side: broadcast, then
     /// fed to the core as its own copy.
     pub from_proxy: Receiver<Verified<Request>>,
+    /// The proxy, whose overdue requests are sent again every tick.
+    pub proxy: Arc<super::proxy::Proxy>,
+    /// How long an own request waits before it is sent again.
+    pub proxy_retry: Duration,
     /// Durable writes acknowledged by the storage thread.
     pub persisted: Receiver<Ack>,
     /// Checkpoints the executor took.
@@ -181,6 +185,11 @@ impl<T: TxPath, R: RxPath> ControlLoop<T, R> {
                 }
             }
             if Instant::now() >= next_tick {
+                for r in self.proxy.overdue(Instant::now(), self.proxy_retry) {
+                    if self.handle(Input::Request(r), &mut s).is_err() {
+                        return;
+                    }
+                }
                 self.core.on_tick(&mut s.out);
                 self.stats.lock().clone_from(self.core.stats());
                 next_tick += self.tick;

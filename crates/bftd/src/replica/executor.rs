@@ -103,6 +103,18 @@ impl Executor {
                 }
             }
         }
+        // An own request decided but not fresh was executed before: if a
+        // caller still waits for it, its first execution happened where
+        // this run could not answer it (an earlier run of this replica, a
+        // checkpoint it installed). Its outcome is unknown here, never a
+        // silent hang.
+        if d.fresh.len() < d.batch.requests().len() {
+            for (i, r) in d.batch.requests().iter().enumerate() {
+                if r.client == self.me && !d.fresh.contains(&(i as u32)) {
+                    self.answer(r.seq, |_| Err(KvError::OutcomeUnknown));
+                }
+            }
+        }
         let s = &self.status;
         Status::set(&s.last_applied_cid, d.cid);
         Status::set(&s.revision, self.store.read().revision() as u64);

@@ -98,26 +98,48 @@ fn spawn(
 }
 
 /// Cores to pin the control and dataplane threads to, per the policy.
-fn pinning(cfg: &ClusterConfig) -> (Option<usize>, Option<usize>) {
+/// A core id this machine does not have is an error when pinning is on
+/// (never a silent unpinned run).
+fn pinning(cfg: &ClusterConfig) -> Result<(Option<usize>, Option<usize>), ConfigError> {
     let cores = core_affinity::get_core_ids().map_or(0, |c| c.len());
     let on = match cfg.dataplane.pin_cores {
         PinCores::On => true,
         PinCores::Off => false,
         PinCores::Auto => cores >= 2,
     };
-    let ok = |c: usize| (on && c < cores).then_some(c);
-    (
-        ok(cfg.dataplane.control_core),
-        ok(cfg.dataplane.dataplane_core),
-    )
+    if !on {
+        return Ok((None, None));
+    }
+    let ok = |c: usize, name: &str| {
+        if c < cores {
+            Ok(Some(c))
+        } else {
+            Err(ConfigError::Invalid(format!(
+                "[dataplane] {name} = {c}: this machine has cores 0..{} (set pin_cores = \"off\" \
+                 to run unpinned)",
+                cores.saturating_sub(1)
+            )))
+        }
+    };
+    Ok((
+        ok(cfg.dataplane.control_core, "control_core")?,
+        ok(cfg.dataplane.dataplane_core, "dataplane_core")?,
+    ))
 }
 
-/// First proxy sequence number of this run: the boot count (kept in the
-/// data dir) in the high 32 bits, so seqs never repeat across restarts and
-/// the de-duplication window slides past every earlier run's seqs.
+/// First proxy sequence number of this run: above every seq an earlier
+/// run of this replica can have used, so the replicated de-duplication
+/// table never drops this run's requests as old.
+///
+/// The wall clock in microseconds, or one more than the previous run's
+/// first seq (kept in the data dir) if the clock was set back. A run sends
+/// fewer than one request per microsecond, so its seqs stay below the
+/// clock reading of any later start: this survives a wiped data dir (what
+/// the recovery error advises), where a boot counter would start over
+/// below the replicated de-duplication mark.
 fn first_seq(data_dir: &Path) -> std::io::Result<u64> {
     std::fs::create_dir_all(data_dir)?;
-    let path = data_dir.join("boot_count");
+    let path = data_dir.join("proxy_first_seq");
     let prev = match std::fs::read_to_string(&path) {
         Ok(s) => s.trim().parse::<u64>().map_err(|e| {
             std::io::Error::new(
@@ -131,12 +153,15 @@ fn first_seq(data_dir: &Path) -> std::io::Result<u64> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
         Err(e) => return Err(e),
     };
-    let boot = prev + 1;
-    let tmp = data_dir.join("boot_count.tmp");
-    std::fs::write(&tmp, format!("{boot}\n"))?;
+    let clock_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64);
+    let first = clock_us.max(prev + 1);
+    let tmp = data_dir.join("proxy_first_seq.tmp");
+    std::fs::write(&tmp, format!("{first}\n"))?;
     std::fs::File::open(&tmp)?.sync_all()?;
     std::fs::rename(&tmp, &path)?;
-    Ok(boot << 32)
+    Ok(first)
 }
 
 /// Starts replica `id` of `config` with the kernel interface its config
@@ -163,7 +188,7 @@ pub fn start_with_io(config: Arc<ClusterConfig>, id: u16, io: Io) -> Result<Runn
     let me = ReplicaId(id);
     let dp = &config.dataplane;
     let data_dir = config.data_dir(id);
-    let (control_core, dataplane_core) = pinning(&config);
+    let (control_core, dataplane_core) = pinning(&config)?;
     // Without dedicated cores a separate dataplane thread isolates nothing
     // and costs a thread wake-up per message hop: run it inline.
     let inline = match dp.threads.as_str() {
@@ -303,6 +328,10 @@ pub fn start_with_io(config: Arc<ClusterConfig>, id: u16, io: Io) -> Result<Runn
         },
         inbox,
         from_proxy,
+        proxy: waiters.clone(),
+        // Twice the request timeout: by then the core forwarded it to the
+        // leader once; a copy to every replica covers those that lost it.
+        proxy_retry: Duration::from_millis(2 * config.protocol.request_timeout_ms.max(1)),
         persisted,
         checkpoints: checkpoints_rx,
         links: links_rx,
@@ -598,5 +627,34 @@ impl api::http::Observe for Observer {
         f.set_blocked(&peers);
         tracing::warn!(?peers, "fault injection: links to these replicas are cut");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_control_core_the_machine_does_not_have_is_an_error_not_an_unpinned_run() {
+        let mut c = ClusterConfig::default_template();
+        c.dataplane.pin_cores = PinCores::On;
+        c.dataplane.control_core = 99_999;
+        let err = pinning(&c).unwrap_err().to_string();
+        assert!(err.contains("control_core = 99999"), "{err}");
+        c.dataplane.pin_cores = PinCores::Off;
+        assert_eq!(pinning(&c).unwrap(), (None, None));
+    }
+
+    #[test]
+    fn the_first_proxy_seq_is_above_any_earlier_run_even_after_the_data_dir_is_wiped() {
+        let dir = std::env::temp_dir().join(format!("bftd-seq-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let a = first_seq(&dir).unwrap();
+        let b = first_seq(&dir).unwrap();
+        assert!(b > a);
+        std::fs::remove_dir_all(&dir).unwrap(); // wiped: the boot count restarts
+        let c = first_seq(&dir).unwrap();
+        assert!(c > b, "{c} <= {b}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

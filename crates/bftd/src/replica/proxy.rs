@@ -23,10 +23,18 @@
 //! alone, an operation still goes at once. The queue of operations is
 //! bounded and a full queue is refused at entry with etcd's "too many
 //! requests".
+//!
+//! Outstanding requests are sent again ([`Proxy::overdue`], from the
+//! control thread's tick) when they wait longer than the retry interval: a
+//! request lost on a link that was down, or refused by a replica whose
+//! pool was full, is not lost for good (BFT-SMaRt clients retransmit on
+//! their timeout too). Copies are harmless: the de-duplication table
+//! executes a (client, seq) once.
 
 use std::collections::HashMap;
 use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use kv::pb::bftdkv::Command;
@@ -81,13 +89,21 @@ struct Combiner {
     bundle_ops_max: usize,
 }
 
+/// One outstanding request: its callers, the signed request (to send
+/// again) and when it was last sent.
+struct Outstanding {
+    replies: Vec<Reply>,
+    request: Verified<Request>,
+    sent_at: Instant,
+}
+
 /// The proxy's shared state (see the module docs).
 pub struct Proxy {
     queue_tx: Sender<Submission>,
     queue: Receiver<Submission>,
     combiner: Mutex<Combiner>,
-    /// Reply channels of outstanding requests, by seq.
-    by_seq: Mutex<HashMap<u64, Vec<Reply>>>,
+    /// Outstanding requests, by seq.
+    by_seq: Mutex<HashMap<u64, Outstanding>>,
     /// Requests handed to control and not yet answered (`<= window`).
     outstanding: AtomicUsize,
     /// Requests outstanding at most.
@@ -169,7 +185,7 @@ impl Proxy {
     /// when it answers it), frees its window slot, and bundles what waited
     /// for the slot.
     pub fn take(&self, seq: u64) -> Option<Vec<Reply>> {
-        let replies = self.by_seq.lock().remove(&seq)?;
+        let replies = self.by_seq.lock().remove(&seq)?.replies;
         let before = self.outstanding.fetch_sub(1, Ordering::SeqCst);
         assert!(before > 0, "an answered request held a slot");
         fence(Ordering::SeqCst);
@@ -184,7 +200,10 @@ impl Proxy {
         let taken: Vec<Vec<Reply>> = {
             let mut by_seq = self.by_seq.lock();
             let seqs: Vec<u64> = by_seq.keys().copied().filter(|&s| executed(s)).collect();
-            seqs.iter().filter_map(|s| by_seq.remove(s)).collect()
+            seqs.iter()
+                .filter_map(|s| by_seq.remove(s))
+                .map(|o| o.replies)
+                .collect()
         };
         for _ in &taken {
             let before = self.outstanding.fetch_sub(1, Ordering::SeqCst);
@@ -193,6 +212,23 @@ impl Proxy {
         fence(Ordering::SeqCst);
         self.combine();
         taken
+    }
+
+    /// The outstanding requests last sent more than `after` before `now`,
+    /// oldest seq first (at most the window), marked as sent again at
+    /// `now`: the control thread sends them to every replica again.
+    pub fn overdue(&self, now: Instant, after: Duration) -> Vec<Verified<Request>> {
+        let mut by_seq = self.by_seq.lock();
+        let mut due: Vec<(u64, Verified<Request>)> = by_seq
+            .iter_mut()
+            .filter(|(_, o)| now.saturating_duration_since(o.sent_at) >= after)
+            .map(|(seq, o)| {
+                o.sent_at = now;
+                (*seq, o.request.clone())
+            })
+            .collect();
+        due.sort_by_key(|(seq, _)| *seq);
+        due.into_iter().map(|(_, r)| r).collect()
     }
 
     /// Bundles queued operations if no one else is. Bounded: each pass
@@ -244,7 +280,14 @@ impl Proxy {
         let signed = c
             .signer
             .sign_request(Request::new(client, seq, payload, Signature::PENDING));
-        self.by_seq.lock().insert(seq, replies);
+        self.by_seq.lock().insert(
+            seq,
+            Outstanding {
+                replies,
+                request: signed.clone(),
+                sent_at: Instant::now(),
+            },
+        );
         let before = self.outstanding.fetch_add(1, Ordering::SeqCst);
         assert!(
             before < self.window,
