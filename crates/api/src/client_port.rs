@@ -183,7 +183,9 @@ impl ConnTable {
             let live = conns.open.len() - conns.evicting;
             if live >= self.connections_max {
                 if conns.evicting >= EVICTING_MAX {
-                    self.stats.connections_refused.fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .connections_refused
+                        .fetch_add(1, Ordering::Relaxed);
                     return None;
                 }
                 // Bounded by connections_max + EVICTING_MAX entries.
@@ -191,12 +193,15 @@ impl ConnTable {
                     .open
                     .values()
                     .filter(|c| {
-                        !c.closing.load(Ordering::Relaxed) && c.in_flight.load(Ordering::Acquire) == 0
+                        !c.closing.load(Ordering::Relaxed)
+                            && c.in_flight.load(Ordering::Acquire) == 0
                     })
                     .min_by_key(|c| (c.idle_since_ms.load(Ordering::Relaxed), c.id))
                     .cloned();
                 let Some(victim) = victim else {
-                    self.stats.connections_refused.fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .connections_refused
+                        .fetch_add(1, Ordering::Relaxed);
                     return None;
                 };
                 victim.closing.store(true, Ordering::Release);
@@ -204,7 +209,9 @@ impl ConnTable {
                 if let Some(w) = victim.waker.lock().expect("waker lock").take() {
                     w.wake();
                 }
-                self.stats.connections_evicted.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .connections_evicted
+                    .fetch_add(1, Ordering::Relaxed);
             }
             let id = conns.next_id;
             conns.next_id += 1;
@@ -220,7 +227,9 @@ impl ConnTable {
             assert!(conns.open.len() <= self.connections_max + EVICTING_MAX);
             shared
         };
-        self.stats.connections_accepted.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .connections_accepted
+            .fetch_add(1, Ordering::Relaxed);
         self.stats.connections_open.fetch_add(1, Ordering::Relaxed);
         let _ = stream.set_nodelay(true);
         let deadline = self.epoch + Duration::from_millis(now_ms) + self.idle_timeout;
@@ -280,7 +289,10 @@ impl Stream for Incoming {
             match this.listener.poll_accept(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(e)) => {
-                    this.table.stats.accept_errors.fetch_add(1, Ordering::Relaxed);
+                    this.table
+                        .stats
+                        .accept_errors
+                        .fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(
                         backoff_ms = this.next_backoff.as_millis() as u64,
                         "client port: accept failed: {e}"
@@ -501,7 +513,12 @@ impl Charge {
     fn add(&self, bytes: usize) -> bool {
         self.bytes.fetch_add(bytes, Ordering::Relaxed);
         let t = &self.conn.table;
-        let conn = self.conn.shared.pending_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        let conn = self
+            .conn
+            .shared
+            .pending_bytes
+            .fetch_add(bytes, Ordering::Relaxed)
+            + bytes;
         let all = t.pending_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
         conn <= t.per_connection_bytes_max && all <= t.pending_bytes_max
     }
@@ -551,7 +568,8 @@ impl MeteredBody {
             data = &data[n..];
             if self.prefix_filled == 5 {
                 self.prefix_filled = 0;
-                let len = u32::from_be_bytes(self.prefix[1..5].try_into().expect("4 bytes")) as usize;
+                let len =
+                    u32::from_be_bytes(self.prefix[1..5].try_into().expect("4 bytes")) as usize;
                 self.message_left = len;
                 if !self.charge.add(5 + len) {
                     return false;
@@ -583,7 +601,12 @@ impl http_body::Body for MeteredBody {
                 let t = &self.charge.conn.table;
                 t.stats.streams_over_budget.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(
-                    connection_bytes = self.charge.conn.shared.pending_bytes.load(Ordering::Relaxed),
+                    connection_bytes = self
+                        .charge
+                        .conn
+                        .shared
+                        .pending_bytes
+                        .load(Ordering::Relaxed),
                     server_bytes = t.pending_bytes(),
                     "client port: request bytes over budget, stream failed"
                 );

@@ -73,8 +73,10 @@ pub async fn serve<O: Observe>(
                 }
             }),
         );
-    let table =
-        crate::client_port::ConnTable::without_metering(HTTP_CONNECTIONS_MAX, HTTP_CONNECTION_AGE_MAX);
+    let table = crate::client_port::ConnTable::without_metering(
+        HTTP_CONNECTIONS_MAX,
+        HTTP_CONNECTION_AGE_MAX,
+    );
     axum::serve(crate::client_port::incoming(listener, table), app)
         .with_graceful_shutdown(shutdown)
         .await

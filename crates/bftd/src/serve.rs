@@ -40,7 +40,8 @@ pub fn run(
         request_bytes_max: config.protocol.request_bytes_max,
         ..api::ApiLimits::default()
     };
-    limits.client_connections_max = client_connections_cap(limits.client_connections_max, fd_limit)?;
+    limits.client_connections_max =
+        client_connections_cap(limits.client_connections_max, fd_limit)?;
     limits.validate().map_err(|e| format!("API limits: {e}"))?;
     tracing::info!(
         replica = id,
