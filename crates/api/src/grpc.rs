@@ -33,7 +33,8 @@ pub const ERR_TIMEOUT: &str = "etcdserver: request timed out";
 /// etcd's error when the server is shutting down.
 pub const ERR_STOPPED: &str = "etcdserver: server stopped";
 
-/// Limits of the API.
+/// Limits of the API. Every field has a default (see [`ApiLimits::default`]);
+/// [`ApiLimits::validate`] says which combinations are refused.
 #[derive(Debug, Clone, Copy)]
 pub struct ApiLimits {
     /// Largest encoded operation, bytes (etcd's --max-request-bytes).
@@ -41,6 +42,36 @@ pub struct ApiLimits {
     /// How long an operation may wait for consensus before the client gets
     /// "request timed out" (etcd: about 7 s with default settings).
     pub request_timeout: Duration,
+    /// Most client connections open at once (default 4096). When full, a
+    /// new connection evicts the one idle longest, or is closed at once
+    /// when all have requests in flight. Keep it well below the process's
+    /// open-files limit: the replica's own files need descriptors too.
+    pub client_connections_max: usize,
+    /// A client connection with no request in flight for this long is
+    /// closed (default 5 min; gRPC-go's MaxConnectionIdle). Clients
+    /// reconnect on their next request.
+    pub client_idle_timeout: Duration,
+    /// Most concurrent HTTP/2 streams per client connection (default 128;
+    /// etcd: unlimited). gRPC clients queue streams beyond it.
+    pub http2_max_concurrent_streams: u32,
+    /// HTTP/2 initial window of a stream, bytes (default 1 MiB): what a
+    /// client may send on one stream before the server reads it.
+    pub http2_stream_window_bytes: u32,
+    /// HTTP/2 initial window of a connection, bytes (default 2 MiB): what
+    /// a client may send on all its streams before the server reads it.
+    pub http2_connection_window_bytes: u32,
+    /// Bytes of requests in flight on one connection, counted from each
+    /// gRPC message's declared length (default 16 MiB). A message above it
+    /// fails its stream with ResourceExhausted. At least one largest
+    /// message (`request_bytes_max` plus gRPC overhead).
+    pub request_bytes_pending_per_connection_max: usize,
+    /// Bytes of requests in flight on all connections (default 256 MiB).
+    pub request_bytes_pending_max: usize,
+    /// Largest Range or Txn response, bytes (default 64 MiB, as
+    /// `kv::DEFAULT_RANGE_RESPONSE_BYTES_MAX`). Above it the client gets
+    /// ResourceExhausted and pages with `limit`. etcd's only cap is gRPC's
+    /// send limit (math.MaxInt32).
+    pub range_response_bytes_max: usize,
 }
 
 impl Default for ApiLimits {
@@ -48,7 +79,54 @@ impl Default for ApiLimits {
         Self {
             request_bytes_max: 1536 * 1024,
             request_timeout: Duration::from_secs(7),
+            client_connections_max: 4096,
+            client_idle_timeout: Duration::from_secs(300),
+            http2_max_concurrent_streams: 128,
+            http2_stream_window_bytes: 1024 * 1024,
+            http2_connection_window_bytes: 2 * 1024 * 1024,
+            request_bytes_pending_per_connection_max: 16 * 1024 * 1024,
+            request_bytes_pending_max: 256 * 1024 * 1024,
+            range_response_bytes_max: kv::DEFAULT_RANGE_RESPONSE_BYTES_MAX,
         }
+    }
+}
+
+impl ApiLimits {
+    /// Largest gRPC message a client may send, bytes: etcd accepts
+    /// `--max-request-bytes` plus 512 KiB of gRPC overhead.
+    pub fn grpc_message_bytes_max(&self) -> usize {
+        self.request_bytes_max + 512 * 1024
+    }
+
+    /// Checks the limits fit together; the error names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        let message = self.grpc_message_bytes_max() + 5;
+        if self.client_connections_max == 0 {
+            return Err("client_connections_max must be at least 1".into());
+        }
+        if self.client_idle_timeout.is_zero() {
+            return Err("client_idle_timeout must be positive".into());
+        }
+        if self.http2_max_concurrent_streams == 0 {
+            return Err("http2_max_concurrent_streams must be at least 1".into());
+        }
+        if self.http2_stream_window_bytes < 65_535 || self.http2_connection_window_bytes < 65_535 {
+            return Err("HTTP/2 windows must be at least 65535 bytes (RFC 9113)".into());
+        }
+        if self.request_bytes_pending_per_connection_max < message {
+            return Err(format!(
+                "request_bytes_pending_per_connection_max {} is below one largest request \
+                 ({message} bytes: request_bytes_max + 512 KiB + 5)",
+                self.request_bytes_pending_per_connection_max
+            ));
+        }
+        if self.request_bytes_pending_max < self.request_bytes_pending_per_connection_max {
+            return Err("request_bytes_pending_max is below the per-connection budget".into());
+        }
+        if self.range_response_bytes_max == 0 {
+            return Err("range_response_bytes_max must be positive".into());
+        }
+        Ok(())
     }
 }
 
@@ -116,6 +194,17 @@ impl<B: Backend> EtcdApi<B> {
                 Ok(Ok(r)) => r.map_err(|e| kv_status(&e))?,
             }
         };
+        // Reads are capped as they are built (kv); a write txn's ranges
+        // only here, after it was applied at every replica: like etcd,
+        // whose send of an oversized response fails.
+        let read_bytes = match &resp {
+            kv::Response::Range(r) => prost::Message::encoded_len(r),
+            kv::Response::Txn(t) => prost::Message::encoded_len(t),
+            _ => 0,
+        };
+        if read_bytes > self.limits.range_response_bytes_max {
+            return Err(kv_status(&KvError::ResponseTooLarge));
+        }
         let rev = resp.revision();
         *resp.header_mut() = self.header(rev);
         Ok(resp)

@@ -34,7 +34,15 @@ fn parse_peers(query: Option<&str>) -> Result<Vec<u16>, String> {
         .collect()
 }
 
-/// Serves the endpoint on `listener` until `shutdown` resolves.
+/// Most connections open at once on the status port (scrapers and
+/// operators; the rest of the process's descriptors stay in reserve).
+pub const HTTP_CONNECTIONS_MAX: usize = 64;
+/// A status-port connection is closed this long after it opened.
+pub const HTTP_CONNECTION_AGE_MAX: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Serves the endpoint on `listener` until `shutdown` resolves, with at
+/// most [`HTTP_CONNECTIONS_MAX`] connections (a new one evicts the oldest),
+/// each closed after [`HTTP_CONNECTION_AGE_MAX`].
 pub async fn serve<O: Observe>(
     listener: tokio::net::TcpListener,
     observe: Arc<O>,
@@ -65,7 +73,11 @@ pub async fn serve<O: Observe>(
                 }
             }),
         );
-    axum::serve(listener, app)
+    let table = crate::client_port::ConnTable::without_metering(
+        HTTP_CONNECTIONS_MAX,
+        HTTP_CONNECTION_AGE_MAX,
+    );
+    axum::serve(crate::client_port::incoming(listener, table), app)
         .with_graceful_shutdown(shutdown)
         .await
 }

@@ -9,6 +9,7 @@
 //! hands operations over through the replica's bounded queue.
 
 pub mod backend;
+pub mod client_port;
 pub mod grpc;
 pub mod http;
 
@@ -24,27 +25,47 @@ pub use grpc::{ApiLimits, EtcdApi};
 use std::sync::Arc;
 
 /// Serves the etcd services of `backend` on `listener` until `shutdown`
-/// resolves.
+/// resolves, with the connection and HTTP/2 limits of `limits` (see
+/// [`client_port`]). `table` holds the open connections (make it with
+/// [`client_port::ConnTable::new`]; its stats are the port's metrics).
 pub async fn serve_grpc<B: Backend>(
     listener: tokio::net::TcpListener,
     backend: Arc<B>,
     limits: ApiLimits,
+    table: Arc<client_port::ConnTable>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     use etcdserverpb::cluster_server::ClusterServer;
     use etcdserverpb::kv_server::KvServer;
     use etcdserverpb::maintenance_server::MaintenanceServer;
+    limits
+        .validate()
+        .unwrap_or_else(|e| panic!("API limits: {e}"));
     let api = EtcdApi::new(backend, limits);
-    // etcd accepts requests up to max-request-bytes plus gRPC overhead.
-    let msg_max = limits.request_bytes_max + 512 * 1024;
+    let msg_max = limits.grpc_message_bytes_max();
     tonic::transport::Server::builder()
-        .tcp_nodelay(true)
+        .max_concurrent_streams(limits.http2_max_concurrent_streams)
+        .initial_stream_window_size(limits.http2_stream_window_bytes)
+        .initial_connection_window_size(limits.http2_connection_window_bytes)
+        .http2_adaptive_window(Some(false))
+        // Dead peers: a PING unanswered for 20 s closes the connection
+        // (etcd's --grpc-keepalive-timeout); idle live ones are closed by
+        // the idle timeout instead.
+        .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
+        .http2_max_header_list_size(HTTP2_HEADER_LIST_BYTES_MAX)
+        .layer(client_port::ConnLayer)
         .add_service(KvServer::new(api.clone()).max_decoding_message_size(msg_max))
-        .add_service(MaintenanceServer::new(api.clone()))
-        .add_service(ClusterServer::new(api))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown,
-        )
+        .add_service(MaintenanceServer::new(api.clone()).max_decoding_message_size(msg_max))
+        .add_service(ClusterServer::new(api).max_decoding_message_size(msg_max))
+        .serve_with_incoming_shutdown(client_port::incoming(listener, table), shutdown)
         .await
 }
+
+/// Interval of the server's HTTP/2 PINGs on a client connection.
+pub const HTTP2_KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long a PING may go unanswered before the connection is closed.
+pub const HTTP2_KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+/// Largest header block of a request, bytes (gRPC metadata; hyper's
+/// default is 16 KiB).
+pub const HTTP2_HEADER_LIST_BYTES_MAX: u32 = 16 * 1024;

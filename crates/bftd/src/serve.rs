@@ -35,10 +35,22 @@ pub fn run(
         faults: fault_injection.then(|| running.faults.clone()),
         hist: running.hist.clone(),
     });
-    let limits = api::ApiLimits {
+    let fd_limit = raise_open_files_limit();
+    let mut limits = api::ApiLimits {
         request_bytes_max: config.protocol.request_bytes_max,
         ..api::ApiLimits::default()
     };
+    limits.client_connections_max =
+        client_connections_cap(limits.client_connections_max, fd_limit)?;
+    limits.validate().map_err(|e| format!("API limits: {e}"))?;
+    tracing::info!(
+        replica = id,
+        open_files_max = fd_limit,
+        client_connections_max = limits.client_connections_max,
+        fds_reserved = FDS_RESERVED,
+        "client port limits"
+    );
+    let client_table = api::client_port::ConnTable::new(&limits);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name(format!("api-r{id}"))
@@ -62,6 +74,7 @@ pub fn run(
             grpc_listener,
             backend,
             limits,
+            client_table,
             stopped(stop_rx),
         ));
         tracing::info!(
@@ -81,6 +94,85 @@ pub fn run(
     // The replica's threads hold no state that must be flushed: every
     // acknowledged batch is already durable. Exit without joining them.
     Ok(())
+}
+
+/// File descriptors kept for the replica itself, beyond client and status
+/// connections: log segments and their spares, checkpoint files being
+/// written and read, replica links (a few per peer), the status port's
+/// connections ([`api::http::HTTP_CONNECTIONS_MAX`]), epoll/eventfd/timer
+/// descriptors and stdio. Generous on purpose: running out makes a WAL or
+/// checkpoint write fail, which stops the replica.
+pub const FDS_RESERVED: u64 = 1024;
+
+/// Fewest client connections a replica will run with.
+pub const CLIENT_CONNECTIONS_MIN: usize = 16;
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit (an unprivileged
+/// process may) and returns the soft limit in force afterwards. When the
+/// limit cannot be read, assumes Linux's usual default of 1024.
+pub fn raise_open_files_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into `lim`, which outlives the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        tracing::warn!(
+            "getrlimit(RLIMIT_NOFILE): {}; assuming 1024",
+            std::io::Error::last_os_error()
+        );
+        return 1024;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: setrlimit reads one rlimit from `raised`.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            tracing::info!(
+                from = lim.rlim_cur,
+                to = lim.rlim_max,
+                "raised the open-files limit (RLIMIT_NOFILE) to its hard limit"
+            );
+            lim.rlim_cur = lim.rlim_max;
+        } else {
+            tracing::warn!(
+                "setrlimit(RLIMIT_NOFILE, {}): {}; keeping {}",
+                lim.rlim_max,
+                std::io::Error::last_os_error(),
+                lim.rlim_cur
+            );
+        }
+    }
+    lim.rlim_cur
+}
+
+/// `configured` client connections, lowered so that they and
+/// [`FDS_RESERVED`] fit in `fd_limit` descriptors (each connection takes
+/// one, plus a few evicted ones closing at the same time). Errors when
+/// fewer than [`CLIENT_CONNECTIONS_MIN`] would be left.
+pub fn client_connections_cap(configured: usize, fd_limit: u64) -> Result<usize, String> {
+    // Connections being evicted are open beside the limit for a moment.
+    let evicting_max = api::client_port::EVICTING_MAX as u64;
+    let room = fd_limit.saturating_sub(FDS_RESERVED + evicting_max);
+    let cap = configured.min(usize::try_from(room).unwrap_or(usize::MAX));
+    if cap < CLIENT_CONNECTIONS_MIN {
+        return Err(format!(
+            "the open-files limit is {fd_limit}: too low for {CLIENT_CONNECTIONS_MIN} client \
+             connections beside the {FDS_RESERVED} descriptors kept for the replica; raise it \
+             (ulimit -n, LimitNOFILE=)"
+        ));
+    }
+    if cap < configured {
+        tracing::warn!(
+            configured,
+            cap,
+            fd_limit,
+            "client_connections_max lowered to fit the open-files limit"
+        );
+    }
+    Ok(cap)
 }
 
 async fn wait_for_signal() {

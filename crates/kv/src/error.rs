@@ -8,6 +8,7 @@ use thiserror::Error;
 pub mod grpc_code {
     pub const INVALID_ARGUMENT: i32 = 3;
     pub const NOT_FOUND: i32 = 5;
+    pub const RESOURCE_EXHAUSTED: i32 = 8;
     pub const OUT_OF_RANGE: i32 = 11;
     pub const INTERNAL: i32 = 13;
     pub const UNAVAILABLE: i32 = 14;
@@ -79,6 +80,14 @@ pub enum KvError {
     /// (etcd's `ErrTimeout` string: clients treat the outcome as unknown).
     #[error("etcdserver: request timed out")]
     OutcomeUnknown,
+    /// A read's key-values encode to more than the replica's response cap
+    /// ([`crate::Store::execute_read_only_limited`]). bftd-specific (etcd
+    /// fails the send instead: "grpc: trying to send message larger than
+    /// max", ResourceExhausted); ResourceExhausted. Page with `limit`.
+    #[error(
+        "bftd: range response too large (above range_response_bytes_max); page it with a limit"
+    )]
+    ResponseTooLarge,
 }
 
 impl KvError {
@@ -100,6 +109,7 @@ impl KvError {
             | KvError::NotReadOnly => grpc_code::INVALID_ARGUMENT,
             KvError::UndecodableRequest => grpc_code::INTERNAL,
             KvError::OutcomeUnknown => grpc_code::UNAVAILABLE,
+            KvError::ResponseTooLarge => grpc_code::RESOURCE_EXHAUSTED,
         }
     }
 }

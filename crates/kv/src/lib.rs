@@ -62,5 +62,5 @@ pub mod pb {
 pub use command::{decode_batch, encode_batch};
 pub use error::KvError;
 pub use pb::bftdkv::Command;
-pub use store::{Response, Store, DEFAULT_MAX_TXN_OPS};
+pub use store::{Response, Store, DEFAULT_MAX_TXN_OPS, DEFAULT_RANGE_RESPONSE_BYTES_MAX};
 pub use wire::{DecodeError, Digest};

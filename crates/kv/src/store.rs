@@ -28,6 +28,15 @@ use crate::validate;
 /// etcd's default `--max-txn-ops`.
 pub const DEFAULT_MAX_TXN_OPS: usize = 128;
 
+/// Default largest read response, bytes of encoded key-values, for
+/// [`Store::execute_read_only`] (see
+/// [`Store::execute_read_only_limited`]). etcd has no such cap below
+/// gRPC's send limit (math.MaxInt32, about 2 GiB), so a Range with
+/// `limit = 0` over a large keyspace builds a response of any size; 64 MiB
+/// bounds the memory one read can take while leaving room for the
+/// paginated lists kube-apiserver makes (500 objects a page by default).
+pub const DEFAULT_RANGE_RESPONSE_BYTES_MAX: usize = 64 * 1024 * 1024;
+
 /// The revision of one change: `main` is the store revision of the write
 /// transaction, `sub` the index of the change within it (etcd's
 /// `revision{main, sub}`).
@@ -310,9 +319,11 @@ impl Store {
         self.validate(cmd)?;
         match cmd.op.as_ref() {
             None => Err(KvError::EmptyCommand),
-            Some(Op::Range(r)) => self
-                .range_view(r, self.current_revision)
-                .map(Response::Range),
+            Some(Op::Range(r)) => {
+                let mut budget = DEFAULT_RANGE_RESPONSE_BYTES_MAX;
+                self.range_view(r, self.current_revision, &mut budget)
+                    .map(Response::Range)
+            }
             Some(Op::Put(p)) => self.apply_put(p).map(Response::Put),
             Some(Op::DeleteRange(d)) => Ok(Response::DeleteRange(self.apply_delete_range(d))),
             Some(Op::Txn(t)) => self.apply_txn(t).map(Response::Txn),
@@ -325,14 +336,35 @@ impl Store {
     /// without changing it: serializable reads. Validates like
     /// [`Store::apply`] and returns the same response `apply` would give at
     /// this revision. A command that writes gets [`KvError::NotReadOnly`].
+    ///
+    /// Responses above [`DEFAULT_RANGE_RESPONSE_BYTES_MAX`] fail with
+    /// [`KvError::ResponseTooLarge`]; see
+    /// [`Store::execute_read_only_limited`].
     pub fn execute_read_only(&self, cmd: &Command) -> Result<Response, KvError> {
+        self.execute_read_only_limited(cmd, DEFAULT_RANGE_RESPONSE_BYTES_MAX)
+    }
+
+    /// [`Store::execute_read_only`] with a cap on the response: when the
+    /// key-values it returns (all Ranges of a read-only txn together) would
+    /// encode to more than `response_bytes_max` bytes, the read stops and
+    /// fails with [`KvError::ResponseTooLarge`] before building more; a
+    /// client pages with `limit` instead. Never more than one key-value
+    /// over the cap is built. Only reads are capped this way: they run at
+    /// one replica and change nothing, so replicas with different caps
+    /// stay in the same state.
+    pub fn execute_read_only_limited(
+        &self,
+        cmd: &Command,
+        response_bytes_max: usize,
+    ) -> Result<Response, KvError> {
         self.validate(cmd)?;
+        let mut budget = response_bytes_max;
         match cmd.op.as_ref() {
             Some(Op::Range(r)) => self
-                .range_view(r, self.current_revision)
+                .range_view(r, self.current_revision, &mut budget)
                 .map(Response::Range),
             Some(Op::Txn(t)) if crate::command::txn_is_read_only(t) => {
-                self.read_only_txn(t).map(Response::Txn)
+                self.read_only_txn(t, &mut budget).map(Response::Txn)
             }
             _ => Err(KvError::NotReadOnly),
         }
@@ -357,7 +389,8 @@ impl Store {
     /// order NONE and a limit sorts only those keys.
     pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, KvError> {
         validate::check_range(req)?;
-        self.range_view(req, self.current_revision)
+        let mut budget = DEFAULT_RANGE_RESPONSE_BYTES_MAX;
+        self.range_view(req, self.current_revision, &mut budget)
     }
 
     /// Compacts history up to `revision` (etcd `Compact`): afterwards reads
@@ -378,7 +411,18 @@ impl Store {
     /// etcd's `Range` against a view at `view_revision` (the current
     /// revision, or inside a write txn the txn's own revision once it
     /// wrote).
-    fn range_view(&self, req: &RangeRequest, view_revision: i64) -> Result<RangeResponse, KvError> {
+    ///
+    /// `budget`: bytes of encoded key-values still allowed in the response
+    /// (usize::MAX: no cap); spent as key-values are built, and
+    /// [`KvError::ResponseTooLarge`] when one does not fit. Keys are
+    /// selected, filtered, sorted and limited by reference, so only the
+    /// key-values returned are copied.
+    fn range_view(
+        &self,
+        req: &RangeRequest,
+        view_revision: i64,
+        budget: &mut usize,
+    ) -> Result<RangeResponse, KvError> {
         if req.revision > view_revision {
             return Err(KvError::FutureRevision);
         }
@@ -422,23 +466,24 @@ impl Store {
             _ => None,
         };
 
-        let mut kvs = Vec::new();
+        // (key, mod_revision, put) of each selected key.
+        let mut found: Vec<(&[u8], i64, &PutEvent)> = Vec::new();
         let mut count: i64 = 0;
         for (key, history) in self.keys.range::<[u8], _>(bounds) {
             let Some((mod_revision, put)) = history.live_at(at) else {
                 continue;
             };
             count += 1;
-            if !matches!(fetch_limit, Some(l) if kvs.len() >= l) {
-                kvs.push(key_value(key, mod_revision, put));
+            if !matches!(fetch_limit, Some(l) if found.len() >= l) {
+                found.push((key.as_slice(), mod_revision, put));
             }
         }
 
-        kvs.retain(|kv: &KeyValue| {
-            !((req.max_mod_revision != 0 && kv.mod_revision > req.max_mod_revision)
-                || (req.min_mod_revision != 0 && kv.mod_revision < req.min_mod_revision)
-                || (req.max_create_revision != 0 && kv.create_revision > req.max_create_revision)
-                || (req.min_create_revision != 0 && kv.create_revision < req.min_create_revision))
+        found.retain(|&(_, mod_revision, p)| {
+            !((req.max_mod_revision != 0 && mod_revision > req.max_mod_revision)
+                || (req.min_mod_revision != 0 && mod_revision < req.min_mod_revision)
+                || (req.max_create_revision != 0 && p.create_revision > req.max_create_revision)
+                || (req.min_create_revision != 0 && p.create_revision < req.min_create_revision))
         });
 
         let order = if sort_target != SortTarget::Key && sort_order == SortOrder::None {
@@ -447,18 +492,19 @@ impl Store {
             sort_order
         };
         if order != SortOrder::None {
-            let cmp = |a: &KeyValue, b: &KeyValue| match sort_target {
-                SortTarget::Key => a.key.cmp(&b.key),
-                SortTarget::Version => a.version.cmp(&b.version),
-                SortTarget::Create => a.create_revision.cmp(&b.create_revision),
-                SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision),
-                SortTarget::Value => a.value.cmp(&b.value),
+            type Found<'a> = (&'a [u8], i64, &'a PutEvent);
+            let cmp = |a: &Found, b: &Found| match sort_target {
+                SortTarget::Key => a.0.cmp(b.0),
+                SortTarget::Version => a.2.version.cmp(&b.2.version),
+                SortTarget::Create => a.2.create_revision.cmp(&b.2.create_revision),
+                SortTarget::Mod => a.1.cmp(&b.1),
+                SortTarget::Value => a.2.value.cmp(&b.2.value),
             };
             // Stable sorts: ties stay in key order on every replica (etcd's
             // Go sort.Sort leaves tie order unspecified).
             match order {
-                SortOrder::Ascend => kvs.sort_by(cmp),
-                SortOrder::Descend => kvs.sort_by(|a, b| cmp(b, a)),
+                SortOrder::Ascend => found.sort_by(cmp),
+                SortOrder::Descend => found.sort_by(|a, b| cmp(b, a)),
                 SortOrder::None => {}
             }
         }
@@ -466,15 +512,30 @@ impl Store {
         let mut more = false;
         if req.limit > 0 {
             let limit = usize::try_from(req.limit).unwrap_or(usize::MAX);
-            if kvs.len() > limit {
-                kvs.truncate(limit);
+            if found.len() > limit {
+                found.truncate(limit);
                 more = true;
             }
         }
-        if req.keys_only {
-            for kv in &mut kvs {
-                kv.value = Vec::new();
-            }
+        let mut kvs = Vec::with_capacity(found.len());
+        for (key, mod_revision, put) in found {
+            let kv = if req.keys_only {
+                KeyValue {
+                    key: key.to_vec(),
+                    create_revision: put.create_revision,
+                    mod_revision,
+                    version: put.version,
+                    value: Vec::new(),
+                    lease: put.lease,
+                }
+            } else {
+                key_value(key, mod_revision, put)
+            };
+            // As a repeated field of the response: tag, length, message.
+            let len = prost::Message::encoded_len(&kv);
+            let bytes = 1 + prost::length_delimiter_len(len) + len;
+            *budget = budget.checked_sub(bytes).ok_or(KvError::ResponseTooLarge)?;
+            kvs.push(kv);
         }
         Ok(RangeResponse {
             header: header(view_revision),
@@ -601,12 +662,12 @@ impl Store {
 
     /// A txn with only Ranges (and nested read-only txns) at the current
     /// revision.
-    fn read_only_txn(&self, t: &TxnRequest) -> Result<TxnResponse, KvError> {
+    fn read_only_txn(&self, t: &TxnRequest, budget: &mut usize) -> Result<TxnResponse, KvError> {
         let at = self.current_revision;
         let mut path = Vec::new();
         self.compare_to_path(t, at, &mut path);
         self.check_txn_against_state(t, &path, at)?;
-        let mut resp = self.read_only_txn_ops(t, &path, &mut 0, at)?;
+        let mut resp = self.read_only_txn_ops(t, &path, &mut 0, at, budget)?;
         resp.header = header(at);
         Ok(resp)
     }
@@ -617,6 +678,7 @@ impl Store {
         path: &[bool],
         cursor: &mut usize,
         at: i64,
+        budget: &mut usize,
     ) -> Result<TxnResponse, KvError> {
         let succeeded = path[*cursor];
         *cursor += 1;
@@ -625,10 +687,10 @@ impl Store {
         for op in ops {
             let response = match &op.request {
                 Some(Request::RequestRange(r)) => Some(response_op::Response::ResponseRange(
-                    self.range_view(r, at)?,
+                    self.range_view(r, at, budget)?,
                 )),
                 Some(Request::RequestTxn(nested)) => Some(response_op::Response::ResponseTxn(
-                    self.read_only_txn_ops(nested, path, cursor, at)?,
+                    self.read_only_txn_ops(nested, path, cursor, at, budget)?,
                 )),
                 Some(Request::RequestPut(_)) | Some(Request::RequestDeleteRange(_)) => {
                     return Err(KvError::NotReadOnly)
@@ -804,7 +866,8 @@ impl Store {
     /// then the ops in order, each seeing the writes of the ones before.
     fn apply_txn(&mut self, t: &TxnRequest) -> Result<TxnResponse, KvError> {
         if crate::command::txn_is_read_only(t) {
-            return self.read_only_txn(t);
+            let mut budget = DEFAULT_RANGE_RESPONSE_BYTES_MAX;
+            return self.read_only_txn(t, &mut budget);
         }
         let begin = self.current_revision;
         let mut path = Vec::new();
@@ -843,9 +906,16 @@ impl Store {
         let mut responses = Vec::with_capacity(ops.len());
         for op in ops {
             let response = match &op.request {
-                Some(Request::RequestRange(r)) => Some(response_op::Response::ResponseRange(
-                    self.range_view(r, tx.view_revision())?,
-                )),
+                // Not capped: a write txn runs at every replica and its
+                // outcome must not depend on a per-replica setting.
+                Some(Request::RequestRange(r)) => {
+                    let mut uncapped = usize::MAX;
+                    Some(response_op::Response::ResponseRange(self.range_view(
+                        r,
+                        tx.view_revision(),
+                        &mut uncapped,
+                    )?))
+                }
                 Some(Request::RequestPut(p)) => {
                     Some(response_op::Response::ResponsePut(self.exec_put(tx, p)?))
                 }

@@ -1411,3 +1411,76 @@ fn restore_rejects_bad_magic_version_trailing_bytes_and_truncation() {
         );
     }
 }
+
+// ---- response cap (issue 7 finding 9) ------------------------------------
+
+fn range_all() -> RangeRequest {
+    RangeRequest {
+        key: b"k".to_vec(),
+        range_end: b"l".to_vec(),
+        ..Default::default()
+    }
+}
+
+/// A Range with `limit = 0` over more bytes than the cap used to build a
+/// response of any size; now it fails with ResourceExhausted, pages under
+/// the cap still work, and `count_only` / `keys_only` reads of the same
+/// keys fit.
+#[test]
+fn a_range_with_no_limit_above_the_response_cap_is_resource_exhausted() {
+    let mut s = Store::new();
+    let value = "v".repeat(1000);
+    for i in 0..100 {
+        put(&mut s, &format!("k{i:03}"), &value);
+    }
+    let cap = 50 * 1024;
+    let read = |r: RangeRequest| s.execute_read_only_limited(&Command::from(r), cap);
+    assert_eq!(read(range_all()), Err(KvError::ResponseTooLarge));
+    assert_eq!(KvError::ResponseTooLarge.grpc_code(), 8);
+    match read(RangeRequest {
+        limit: 40,
+        ..range_all()
+    }) {
+        Ok(Response::Range(r)) => assert!(r.more && r.kvs.len() == 40 && r.count == 100),
+        other => panic!("{other:?}"),
+    }
+    match read(RangeRequest {
+        keys_only: true,
+        ..range_all()
+    }) {
+        Ok(Response::Range(r)) => assert_eq!(r.kvs.len(), 100),
+        other => panic!("{other:?}"),
+    }
+    // A sorted page with a small limit fits: only the page is built.
+    match read(RangeRequest {
+        limit: 3,
+        sort_order: SortOrder::Descend as i32,
+        sort_target: SortTarget::Mod as i32,
+        ..range_all()
+    }) {
+        Ok(Response::Range(r)) => assert_eq!(r.kvs[0].key, b"k099"),
+        other => panic!("{other:?}"),
+    }
+    // The ranges of a read-only txn share one cap.
+    let half = RangeRequest {
+        limit: 30,
+        ..range_all()
+    };
+    let txn = |ranges: usize| {
+        Command::from(TxnRequest {
+            success: (0..ranges)
+                .map(|_| RequestOp {
+                    request: Some(Request::RequestRange(half.clone())),
+                })
+                .collect(),
+            ..Default::default()
+        })
+    };
+    assert!(s.execute_read_only_limited(&txn(1), cap).is_ok());
+    assert_eq!(
+        s.execute_read_only_limited(&txn(2), cap),
+        Err(KvError::ResponseTooLarge)
+    );
+    // Nothing changed.
+    assert_eq!(s.revision(), 101);
+}

@@ -42,6 +42,11 @@
 //!   group followed by zeros is still a torn tail. Groups never share a
 //!   4 KiB block, so a torn write cannot damage earlier, acknowledged
 //!   groups.
+//! - Except: a checksum mismatch in the newest group whose bytes are all
+//!   present (the frames after it check up to the group's closing
+//!   `PADDING`, and the bad frame holds no all-zero 512-byte sector, which
+//!   is what an unwritten sector reads as) is corruption, not a torn
+//!   write: the group was written whole and may have been acknowledged.
 //! - The newest segment file is a spare, not part of the log, when its
 //!   header block is not a valid header and every byte after the block
 //!   is zero (a segment that ever held a group has a durable header: it
@@ -49,7 +54,8 @@
 //!   header block is not all zeros (a crash while the header was
 //!   written) is zeroed again, with a warning.
 //! - Anything else is [`StorageError::Corrupt`]: a bad frame followed by
-//!   a complete group, a bad frame in an older segment, an unknown record
+//!   a complete group, a bad frame in a complete newest group, a bad
+//!   frame in an older segment, an unknown record
 //!   kind or version, a length above [`Limits::record_bytes_max`], a
 //!   missing segment or group (lsn gap), a gap in the DECISION cids after
 //!   the checkpoint, a non-zero byte after the end of an older segment,

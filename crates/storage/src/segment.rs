@@ -405,6 +405,9 @@ struct Bad {
     reason: String,
     /// Not explainable by a torn write (e.g. a length above the limit).
     hard: bool,
+    /// Set for a checksum mismatch: every byte the frame declares is in
+    /// the file (header and payload), this many in all.
+    present_frame_bytes: Option<u64>,
 }
 
 impl Scanner<'_> {
@@ -469,6 +472,7 @@ impl Scanner<'_> {
             return Ok(Err(Bad {
                 reason: format!("short frame header: {left_bytes} bytes left"),
                 hard: false,
+                present_frame_bytes: None,
             }));
         }
         let mut raw = [0u8; FRAME_HEADER_BYTES];
@@ -483,6 +487,7 @@ impl Scanner<'_> {
                     self.limits.record_bytes_max
                 ),
                 hard: true,
+                present_frame_bytes: None,
             }));
         }
         let present_bytes = left_bytes - FRAME_HEADER_BYTES as u64;
@@ -492,6 +497,7 @@ impl Scanner<'_> {
                     "short payload: {payload_bytes} bytes declared, {present_bytes} present"
                 ),
                 hard: false,
+                present_frame_bytes: None,
             }));
         }
         self.payload.resize(payload_bytes as usize, 0);
@@ -500,6 +506,7 @@ impl Scanner<'_> {
             return Ok(Err(Bad {
                 reason: "checksum mismatch".into(),
                 hard: false,
+                present_frame_bytes: Some(FRAME_HEADER_BYTES as u64 + payload_bytes),
             }));
         }
         Ok(Ok(header))
@@ -594,6 +601,16 @@ impl Scanner<'_> {
                 bad.reason
             )));
         }
+        if let Some(frame_bytes) = bad.present_frame_bytes {
+            if let Some(group_end) = self.complete_group_after(frame_bytes)? {
+                return Err(self.corrupt(format!(
+                    "{} in the newest group, whose every byte up to its closing frame at \
+                     offset {group_end} is present: the group was written whole and went bad \
+                     afterwards (not a torn write; it may have been acknowledged)",
+                    bad.reason
+                )));
+            }
+        }
         let group_block_end = if self.in_group {
             self.pos.next_multiple_of(BLOCK_BYTES)
         } else {
@@ -610,6 +627,77 @@ impl Scanner<'_> {
             reason: bad.reason,
         };
         Ok(self.finish(Some(torn)))
+    }
+
+    /// Whether the bad frame at `pos` (`frame_bytes` long, all present in
+    /// the file, checksum failing) sits in a group that was written whole:
+    /// returns the end of the group, bytes, when the frames after it all
+    /// check up to a valid `PADDING` frame ending at a block boundary, and
+    /// the bad frame holds no all-zero 512-byte sector.
+    ///
+    /// Why this tells a bit flip from a torn write: a torn write leaves
+    /// some sectors of the group unwritten, and those read as the zeros
+    /// written ahead (preallocation) or past the old end of the file. A
+    /// missing sector that reached into a neighbouring frame would break
+    /// that frame's checksum, so with every other frame of the group
+    /// intact a missing sector must lie wholly inside the bad frame. None
+    /// there (no zero sector) means every byte landed and then changed.
+    /// When the bad frame does hold a zero sector, or its length field is
+    /// what flipped (the walk then finds no valid frames), recovery cannot
+    /// tell and keeps treating it as a torn tail.
+    ///
+    /// Bounded: at most one frame per `FRAME_HEADER_BYTES` of the file,
+    /// each at most `record_bytes_max`.
+    fn complete_group_after(&self, frame_bytes: u64) -> Result<Option<u64>, StorageError> {
+        const SECTOR_BYTES: u64 = 512;
+        let file = self.reader.get_ref();
+        let io = io_error(self.path);
+        let frame_end = self.pos + frame_bytes;
+        assert!(frame_end <= self.file_bytes, "the bad frame is present");
+        let mut sector = vec![0u8; SECTOR_BYTES as usize];
+        let mut at = self.pos.next_multiple_of(SECTOR_BYTES);
+        let sectors_max = frame_bytes / SECTOR_BYTES + 1;
+        for _ in 0..sectors_max {
+            if at + SECTOR_BYTES > frame_end {
+                break;
+            }
+            file.read_exact_at(&mut sector, at).map_err(&io)?;
+            if sector.iter().all(|&b| b == 0) {
+                return Ok(None);
+            }
+            at += SECTOR_BYTES;
+        }
+        let mut at = frame_end;
+        let mut payload = Vec::new();
+        let frames_max = (self.file_bytes - frame_end) / FRAME_HEADER_BYTES as u64 + 1;
+        for _ in 0..frames_max {
+            if self.file_bytes - at < FRAME_HEADER_BYTES as u64 {
+                return Ok(None);
+            }
+            let mut raw = [0u8; FRAME_HEADER_BYTES];
+            file.read_exact_at(&mut raw, at).map_err(&io)?;
+            let header = FrameHeader::parse(&raw);
+            let payload_bytes = u64::from(header.payload_bytes);
+            let end = at + FRAME_HEADER_BYTES as u64 + payload_bytes;
+            if payload_bytes > self.limits.record_bytes_max as u64 || end > self.file_bytes {
+                return Ok(None);
+            }
+            payload.resize(payload_bytes as usize, 0);
+            file.read_exact_at(&mut payload, at + FRAME_HEADER_BYTES as u64)
+                .map_err(&io)?;
+            if !header.checks(&payload) || header.version != RECORD_VERSION {
+                return Ok(None);
+            }
+            match header.kind {
+                kind::GROUP => return Ok(None),
+                kind::PADDING => {
+                    let closes = end.is_multiple_of(BLOCK_BYTES) && payload.iter().all(|&b| b == 0);
+                    return Ok(closes.then_some(end));
+                }
+                _ => at = end,
+            }
+        }
+        Ok(None)
     }
 
     /// Reads from `pos` to the end of the file once: where the last

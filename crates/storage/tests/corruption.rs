@@ -80,6 +80,48 @@ fn a_flipped_payload_byte_in_the_middle_of_the_log_is_corrupt_naming_segment_and
     assert!(reason.contains("followed by a complete group"), "{reason}");
 }
 
+/// Issue 7 finding 9: a flipped byte in the newest group was cut as a
+/// "torn write" that lost nothing acknowledged, though the group was
+/// written whole (and may have been acknowledged). With every other frame
+/// of the group intact up to its closing PADDING, it is corruption.
+#[test]
+fn a_bit_flip_in_the_last_wal_group_is_corruption_not_a_torn_write() {
+    // A one-block group: the record frame, then the group marker.
+    for (name, flip_at, bad_frame_at) in [
+        ("flip-last-record", record_at(2) + 100, record_at(2)),
+        ("flip-last-marker", record_at(2) - 5, 3 * BLOCK_BYTES),
+    ] {
+        let dir = TempDir::new(name);
+        one_record_groups(dir.path(), 3);
+        let seg = segments(dir.path()).pop().unwrap();
+        let before = std::fs::read(&seg).unwrap();
+        flip_byte(&seg, flip_at);
+        let (segment, offset, reason) = expect_corrupt(dir.path());
+        assert_eq!((segment, offset), (seg.clone(), bad_frame_at), "{name}");
+        assert!(reason.contains("checksum mismatch"), "{reason}");
+        assert!(reason.contains("not a torn write"), "{reason}");
+        let mut after = std::fs::read(&seg).unwrap();
+        after[flip_at as usize] ^= 0xFF;
+        assert!(after == before, "{name}: nothing was cut or zeroed on disk");
+    }
+    // A group of several blocks: a flip in its second block.
+    let dir = TempDir::new("flip-last-big");
+    {
+        let (mut s, _) = open_ok(dir.path());
+        for cid in 1..=2 {
+            s.append(&proposal(cid, 200)).unwrap();
+            s.sync().unwrap();
+        }
+        s.append(&proposal(3, 9000)).unwrap();
+        s.sync().unwrap();
+    }
+    let seg = segments(dir.path()).pop().unwrap();
+    flip_byte(&seg, 3 * BLOCK_BYTES + BLOCK_BYTES + 77);
+    let (_, offset, reason) = expect_corrupt(dir.path());
+    assert_eq!(offset, record_at(2));
+    assert!(reason.contains("not a torn write"), "{reason}");
+}
+
 #[test]
 fn a_flipped_length_field_in_the_middle_of_the_log_is_corrupt() {
     let dir = TempDir::new("flip-length");

@@ -1,0 +1,695 @@
+//! The client port's connections: a bounded table of them, an accept loop
+//! that backs off on errors, an idle timeout, and a per-connection and
+//! server-wide budget of request bytes in flight.
+//!
+//! Why (issue 7 finding 8): with no bound, idle connections piled up to
+//! the process's open-files limit; the accept loop then spun on EMFILE and
+//! the next checkpoint write failed for want of a file descriptor. And one
+//! connection could hold ~190 MB by opening 100 streams that each declared
+//! a 2 MB message and sent part of it.
+//!
+//! - [`incoming`] accepts connections for tonic. At most
+//!   [`ApiLimits::client_connections_max`] are open; when the table is full
+//!   a new connection evicts the one idle longest (no request in flight,
+//!   as nginx drains idle keep-alive connections when it runs out), or is
+//!   closed at once when every connection has a request in flight. Accept
+//!   errors (EMFILE, ENFILE, ENOBUFS...) sleep with a doubling backoff,
+//!   from [`ACCEPT_BACKOFF_MIN`] to [`ACCEPT_BACKOFF_MAX`], never spin.
+//! - [`ClientConn`] closes its connection once no request has been in
+//!   flight for [`ApiLimits::client_idle_timeout`] (gRPC-go's
+//!   MaxConnectionIdle: idle since the last request finished or since the
+//!   connection opened). A connection that never sends the HTTP/2 preface
+//!   is idle from the start.
+//! - [`ConnLayer`] counts requests in flight per connection and meters
+//!   request bytes: each gRPC message is charged its declared length as
+//!   soon as its 5-byte prefix arrives (before tonic reserves a buffer of
+//!   that length), released when the request has finished. A message that
+//!   would take the connection above
+//!   [`ApiLimits::request_bytes_pending_per_connection_max`], or the server
+//!   above [`ApiLimits::request_bytes_pending_max`], fails its stream with
+//!   ResourceExhausted ("etcdserver: too many requests") and frees what it
+//!   held.
+//!
+//! Memory of partial requests is thus at most, per connection, the HTTP/2
+//! connection window (bytes received and not yet read by tonic) plus the
+//! per-connection budget; and server-wide, the global budget plus the
+//! windows.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_stream::Stream;
+
+use crate::grpc::{ApiLimits, ERR_TOO_MANY_REQUESTS};
+
+/// First sleep after a failed accept.
+pub const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
+/// Longest sleep after failed accepts (the sleep doubles per failure).
+pub const ACCEPT_BACKOFF_MAX: Duration = Duration::from_millis(500);
+/// Most connections accepted (or refused) in one poll of [`Incoming`]
+/// before it yields to the runtime.
+const ACCEPTS_PER_POLL_MAX: usize = 64;
+/// Most connections being closed for eviction at once (admitted beyond
+/// `client_connections_max` while their victims shut down).
+pub const EVICTING_MAX: usize = 64;
+
+/// Counters of the client port (cumulative since start, except
+/// `connections_open`).
+#[derive(Debug, Default)]
+pub struct ClientPortStats {
+    pub connections_open: AtomicU64,
+    pub connections_accepted: AtomicU64,
+    /// Closed at once: the table was full and no connection was idle.
+    pub connections_refused: AtomicU64,
+    /// Closed to make room for a new connection.
+    pub connections_evicted: AtomicU64,
+    /// Closed after `client_idle_timeout` with no request in flight.
+    pub connections_idle_closed: AtomicU64,
+    pub accept_errors: AtomicU64,
+    /// Streams failed because a request-bytes budget was full.
+    pub streams_over_budget: AtomicU64,
+}
+
+/// The open connections of one port.
+pub struct ConnTable {
+    connections_max: usize,
+    idle_timeout: Duration,
+    per_connection_bytes_max: usize,
+    pending_bytes_max: usize,
+    epoch: Instant,
+    conns: Mutex<Conns>,
+    /// Request bytes charged on every connection, bytes.
+    pending_bytes: AtomicUsize,
+    pub stats: ClientPortStats,
+}
+
+#[derive(Default)]
+struct Conns {
+    next_id: u64,
+    open: HashMap<u64, Arc<ConnShared>>,
+    /// Of `open`, how many were told to close.
+    evicting: usize,
+}
+
+/// What a connection shares with the table and with its requests.
+struct ConnShared {
+    id: u64,
+    in_flight: AtomicUsize,
+    /// Milliseconds after the table's epoch at which `in_flight` last fell
+    /// to 0 (or the connection opened).
+    idle_since_ms: AtomicU64,
+    /// Told to close (evicted): reads and writes end.
+    closing: AtomicBool,
+    /// The task driving the connection, woken to close it.
+    waker: Mutex<Option<Waker>>,
+    /// Request bytes charged on this connection, bytes.
+    pending_bytes: AtomicUsize,
+}
+
+impl ConnTable {
+    /// A table for the client port with `limits`. Panics when the limits
+    /// fail [`ApiLimits::validate`] (a configuration bug, caught at
+    /// start-up).
+    pub fn new(limits: &ApiLimits) -> Arc<Self> {
+        if let Err(e) = limits.validate() {
+            panic!("client port limits: {e}");
+        }
+        Self::build(
+            limits.client_connections_max,
+            limits.client_idle_timeout,
+            limits.request_bytes_pending_per_connection_max,
+            limits.request_bytes_pending_max,
+        )
+    }
+
+    /// A table with no request metering (for the HTTP status port, whose
+    /// requests are small): at most `connections_max` connections, each
+    /// closed `idle_timeout` after it opened unless it closed before.
+    /// Panics if `connections_max` is 0.
+    pub fn without_metering(connections_max: usize, idle_timeout: Duration) -> Arc<Self> {
+        assert!(connections_max > 0, "connections_max must be positive");
+        Self::build(connections_max, idle_timeout, usize::MAX, usize::MAX)
+    }
+
+    fn build(
+        connections_max: usize,
+        idle_timeout: Duration,
+        per_connection_bytes_max: usize,
+        pending_bytes_max: usize,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            connections_max,
+            idle_timeout,
+            per_connection_bytes_max,
+            pending_bytes_max,
+            epoch: Instant::now(),
+            conns: Mutex::new(Conns::default()),
+            pending_bytes: AtomicUsize::new(0),
+            stats: ClientPortStats::default(),
+        })
+    }
+
+    /// Most connections open at once.
+    pub fn connections_max(&self) -> usize {
+        self.connections_max
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Request bytes charged on all connections now, bytes.
+    pub fn pending_bytes(&self) -> usize {
+        self.pending_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Takes `stream` into the table, evicting the connection idle longest
+    /// when the table is full; `None` (the stream is dropped: closed at
+    /// once) when every connection has a request in flight.
+    fn admit(self: &Arc<Self>, stream: TcpStream) -> Option<ClientConn> {
+        let now_ms = self.now_ms();
+        let shared = {
+            let mut conns = self.conns.lock().expect("conn table lock");
+            assert!(conns.evicting <= conns.open.len());
+            let live = conns.open.len() - conns.evicting;
+            if live >= self.connections_max {
+                if conns.evicting >= EVICTING_MAX {
+                    self.stats
+                        .connections_refused
+                        .fetch_add(1, Ordering::Relaxed);
+                    return None;
+                }
+                // Bounded by connections_max + EVICTING_MAX entries.
+                let victim = conns
+                    .open
+                    .values()
+                    .filter(|c| {
+                        !c.closing.load(Ordering::Relaxed)
+                            && c.in_flight.load(Ordering::Acquire) == 0
+                    })
+                    .min_by_key(|c| (c.idle_since_ms.load(Ordering::Relaxed), c.id))
+                    .cloned();
+                let Some(victim) = victim else {
+                    self.stats
+                        .connections_refused
+                        .fetch_add(1, Ordering::Relaxed);
+                    return None;
+                };
+                victim.closing.store(true, Ordering::Release);
+                conns.evicting += 1;
+                if let Some(w) = victim.waker.lock().expect("waker lock").take() {
+                    w.wake();
+                }
+                self.stats
+                    .connections_evicted
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            let id = conns.next_id;
+            conns.next_id += 1;
+            let shared = Arc::new(ConnShared {
+                id,
+                in_flight: AtomicUsize::new(0),
+                idle_since_ms: AtomicU64::new(now_ms),
+                closing: AtomicBool::new(false),
+                waker: Mutex::new(None),
+                pending_bytes: AtomicUsize::new(0),
+            });
+            conns.open.insert(id, shared.clone());
+            assert!(conns.open.len() <= self.connections_max + EVICTING_MAX);
+            shared
+        };
+        self.stats
+            .connections_accepted
+            .fetch_add(1, Ordering::Relaxed);
+        self.stats.connections_open.fetch_add(1, Ordering::Relaxed);
+        let _ = stream.set_nodelay(true);
+        let deadline = self.epoch + Duration::from_millis(now_ms) + self.idle_timeout;
+        Some(ClientConn {
+            stream,
+            handle: ConnHandle {
+                shared,
+                table: self.clone(),
+            },
+            idle: Box::pin(tokio::time::sleep_until(deadline.into())),
+        })
+    }
+
+    fn remove(&self, shared: &ConnShared) {
+        let mut conns = self.conns.lock().expect("conn table lock");
+        if conns.open.remove(&shared.id).is_some() {
+            if shared.closing.load(Ordering::Acquire) {
+                conns.evicting -= 1;
+            }
+            self.stats.connections_open.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Accepts connections from `listener` into `table` for tonic's
+/// `serve_with_incoming*`. Never yields an error: accept errors are logged
+/// (at most once per backoff) and retried after a backoff.
+pub fn incoming(listener: TcpListener, table: Arc<ConnTable>) -> Incoming {
+    Incoming {
+        listener,
+        table,
+        backoff: None,
+        next_backoff: ACCEPT_BACKOFF_MIN,
+    }
+}
+
+/// The stream of admitted connections (see [`incoming`]).
+pub struct Incoming {
+    listener: TcpListener,
+    table: Arc<ConnTable>,
+    backoff: Option<Pin<Box<tokio::time::Sleep>>>,
+    next_backoff: Duration,
+}
+
+impl Stream for Incoming {
+    type Item = io::Result<ClientConn>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        for _ in 0..ACCEPTS_PER_POLL_MAX {
+            if let Some(sleep) = this.backoff.as_mut() {
+                if sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                this.backoff = None;
+            }
+            match this.listener.poll_accept(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => {
+                    this.table
+                        .stats
+                        .accept_errors
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        backoff_ms = this.next_backoff.as_millis() as u64,
+                        "client port: accept failed: {e}"
+                    );
+                    this.backoff = Some(Box::pin(tokio::time::sleep(this.next_backoff)));
+                    this.next_backoff = (this.next_backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                }
+                Poll::Ready(Ok((stream, peer))) => {
+                    this.next_backoff = ACCEPT_BACKOFF_MIN;
+                    match this.table.admit(stream) {
+                        Some(conn) => return Poll::Ready(Some(Ok(conn))),
+                        None => tracing::debug!(%peer, "client port full: connection closed"),
+                    }
+                }
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+/// axum's listener (the HTTP status port): the same admission, backoff
+/// and idle timeout.
+impl axum::serve::Listener for Incoming {
+    type Io = ClientConn;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (ClientConn, std::net::SocketAddr) {
+        // `poll_next` only yields admitted connections, never an error or
+        // the end; loop in case that changes.
+        loop {
+            let next = std::future::poll_fn(|cx| Pin::new(&mut *self).poll_next(cx)).await;
+            if let Some(Ok(conn)) = next {
+                let addr = conn
+                    .stream
+                    .peer_addr()
+                    .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+                return (conn, addr);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
+        self.listener.local_addr()
+    }
+}
+
+/// One admitted connection: the TCP stream plus its slot in the table
+/// (freed on drop). Reads end (EOF) when the connection is evicted or has
+/// been idle for the table's idle timeout.
+pub struct ClientConn {
+    stream: TcpStream,
+    handle: ConnHandle,
+    /// Fires at the earliest time the connection can be idle too long.
+    idle: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl ClientConn {
+    fn register(&self, cx: &Context<'_>) {
+        let mut w = self.handle.shared.waker.lock().expect("waker lock");
+        if !w.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            *w = Some(cx.waker().clone());
+        }
+    }
+
+    /// Whether the connection must close now: evicted, or no request in
+    /// flight for the idle timeout. Arms the idle timer otherwise.
+    fn must_close(&mut self, cx: &mut Context<'_>) -> bool {
+        let shared = &self.handle.shared;
+        if shared.closing.load(Ordering::Acquire) {
+            return true;
+        }
+        let table = &self.handle.table;
+        // Twice at most: a fired timer is re-armed once, to a later time.
+        for _ in 0..2 {
+            if self.idle.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            let now_ms = table.now_ms();
+            let timeout_ms = table.idle_timeout.as_millis() as u64;
+            let deadline_ms = if shared.in_flight.load(Ordering::Acquire) > 0 {
+                now_ms + timeout_ms
+            } else {
+                shared.idle_since_ms.load(Ordering::Acquire) + timeout_ms
+            };
+            if deadline_ms <= now_ms {
+                table
+                    .stats
+                    .connections_idle_closed
+                    .fetch_add(1, Ordering::Relaxed);
+                return true;
+            }
+            let at = table.epoch + Duration::from_millis(deadline_ms);
+            self.idle.as_mut().reset(at.into());
+        }
+        false
+    }
+}
+
+impl Drop for ClientConn {
+    fn drop(&mut self) {
+        self.handle.table.remove(&self.handle.shared);
+    }
+}
+
+impl AsyncRead for ClientConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.handle.shared.closing.load(Ordering::Acquire) {
+            return Poll::Ready(Ok(()));
+        }
+        match Pin::new(&mut self.stream).poll_read(cx, buf) {
+            Poll::Pending => {
+                self.register(cx);
+                if self.must_close(cx) {
+                    return Poll::Ready(Ok(()));
+                }
+                Poll::Pending
+            }
+            ready => ready,
+        }
+    }
+}
+
+impl AsyncWrite for ClientConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if self.handle.shared.closing.load(Ordering::Acquire) {
+            return Poll::Ready(Err(io::ErrorKind::ConnectionAborted.into()));
+        }
+        let r = Pin::new(&mut self.stream).poll_write(cx, buf);
+        if r.is_pending() {
+            self.register(cx);
+        }
+        r
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        if self.handle.shared.closing.load(Ordering::Acquire) {
+            return Poll::Ready(Err(io::ErrorKind::ConnectionAborted.into()));
+        }
+        let r = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        if r.is_pending() {
+            self.register(cx);
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+/// A connection as its requests see it (tonic puts it in each request's
+/// extensions).
+#[derive(Clone)]
+pub struct ConnHandle {
+    shared: Arc<ConnShared>,
+    table: Arc<ConnTable>,
+}
+
+impl tonic::transport::server::Connected for ClientConn {
+    type ConnectInfo = ConnHandle;
+
+    fn connect_info(&self) -> ConnHandle {
+        self.handle.clone()
+    }
+}
+
+/// One request in flight on a connection (dropped when it finished).
+struct InFlight(ConnHandle);
+
+impl InFlight {
+    fn begin(h: ConnHandle) -> Self {
+        h.shared.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(h)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let s = &self.0.shared;
+        s.idle_since_ms
+            .store(self.0.table.now_ms(), Ordering::Release);
+        let before = s.in_flight.fetch_sub(1, Ordering::AcqRel);
+        assert!(before > 0, "in-flight count underflow");
+    }
+}
+
+/// Request bytes charged for one request (released on drop, once both the
+/// request body and the response future are gone).
+struct Charge {
+    conn: ConnHandle,
+    bytes: AtomicUsize,
+}
+
+impl Charge {
+    /// Charges `bytes`; false when that takes the connection or the server
+    /// above its budget (the bytes stay charged until the drop).
+    fn add(&self, bytes: usize) -> bool {
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        let t = &self.conn.table;
+        let conn = self
+            .conn
+            .shared
+            .pending_bytes
+            .fetch_add(bytes, Ordering::Relaxed)
+            + bytes;
+        let all = t.pending_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        conn <= t.per_connection_bytes_max && all <= t.pending_bytes_max
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        let bytes = *self.bytes.get_mut();
+        self.conn
+            .shared
+            .pending_bytes
+            .fetch_sub(bytes, Ordering::Relaxed);
+        self.conn
+            .table
+            .pending_bytes
+            .fetch_sub(bytes, Ordering::Relaxed);
+    }
+}
+
+/// A request body that charges each gRPC message's declared length when
+/// its 5-byte prefix (`compressed u8 | length u32`) has arrived.
+struct MeteredBody {
+    inner: tonic::body::Body,
+    charge: Arc<Charge>,
+    prefix: [u8; 5],
+    prefix_filled: usize,
+    /// Bytes of the current message still to come.
+    message_left: usize,
+    failed: bool,
+}
+
+impl MeteredBody {
+    /// Walks `data` through the message framing; false when a message did
+    /// not fit the budget.
+    fn meter(&mut self, mut data: &[u8]) -> bool {
+        // Each pass consumes at least one byte.
+        while !data.is_empty() {
+            if self.message_left > 0 {
+                let n = self.message_left.min(data.len());
+                self.message_left -= n;
+                data = &data[n..];
+                continue;
+            }
+            let n = (5 - self.prefix_filled).min(data.len());
+            self.prefix[self.prefix_filled..self.prefix_filled + n].copy_from_slice(&data[..n]);
+            self.prefix_filled += n;
+            data = &data[n..];
+            if self.prefix_filled == 5 {
+                self.prefix_filled = 0;
+                let len =
+                    u32::from_be_bytes(self.prefix[1..5].try_into().expect("4 bytes")) as usize;
+                self.message_left = len;
+                if !self.charge.add(5 + len) {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+}
+
+impl http_body::Body for MeteredBody {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, tonic::Status>>> {
+        if self.failed {
+            return Poll::Ready(None);
+        }
+        let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => frame,
+            other => return other,
+        };
+        if let Some(data) = frame.data_ref() {
+            if !self.meter(data) {
+                self.failed = true;
+                let t = &self.charge.conn.table;
+                t.stats.streams_over_budget.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(
+                    connection_bytes = self
+                        .charge
+                        .conn
+                        .shared
+                        .pending_bytes
+                        .load(Ordering::Relaxed),
+                    server_bytes = t.pending_bytes(),
+                    "client port: request bytes over budget, stream failed"
+                );
+                return Poll::Ready(Some(Err(tonic::Status::resource_exhausted(
+                    ERR_TOO_MANY_REQUESTS,
+                ))));
+            }
+        }
+        Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.failed || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Tower layer (for tonic's `Server::layer`) that counts requests in
+/// flight per connection and meters their bytes (see the module docs).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConnLayer;
+
+impl<S> tower_layer::Layer<S> for ConnLayer {
+    type Service = ConnService<S>;
+
+    fn layer(&self, inner: S) -> ConnService<S> {
+        ConnService { inner }
+    }
+}
+
+/// The service of [`ConnLayer`].
+#[derive(Clone, Debug)]
+pub struct ConnService<S> {
+    inner: S,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+impl<S, R> tower_service::Service<http::Request<tonic::body::Body>> for ConnService<S>
+where
+    S: tower_service::Service<http::Request<tonic::body::Body>, Response = R>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    R: Send + 'static,
+{
+    type Response = R;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<R, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        let Some(conn) = req.extensions().get::<ConnHandle>().cloned() else {
+            // Not from `incoming` (e.g. a test server): nothing to meter.
+            return Box::pin(self.inner.call(req));
+        };
+        let in_flight = InFlight::begin(conn.clone());
+        let charge = Arc::new(Charge {
+            conn,
+            bytes: AtomicUsize::new(0),
+        });
+        let body_charge = charge.clone();
+        let req = req.map(|inner| {
+            tonic::body::Body::new(MeteredBody {
+                inner,
+                charge: body_charge,
+                prefix: [0; 5],
+                prefix_filled: 0,
+                message_left: 0,
+                failed: false,
+            })
+        });
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let r = fut.await;
+            drop(in_flight);
+            drop(charge);
+            r
+        })
+    }
+}
