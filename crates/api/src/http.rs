@@ -1,6 +1,7 @@
 //! The status and metrics endpoint of a replica (its `http_addr`):
 //! `GET /status` (JSON), `GET /metrics` (Prometheus text format 0.0.4),
-//! `GET /healthz` ("ok" when the replica serves).
+//! `GET /healthz` ("ok" when the replica serves, 503 and the reason when
+//! it is stuck).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,6 +20,12 @@ pub trait Observe: Send + Sync + 'static {
     /// empty list heals). Errors when the replica was not started with
     /// fault injection on.
     fn set_blocked(&self, peers: &[u16]) -> Result<(), String>;
+    /// `Err(reason)` when the replica does not serve as it should (stuck
+    /// behind, no progress, a wedged thread): `/healthz` answers 503 with
+    /// the reason.
+    fn health(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Parses `peers=1,2` (or empty) from a query string.
@@ -48,7 +55,7 @@ pub async fn serve<O: Observe>(
     observe: Arc<O>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let (o1, o2, o3) = (observe.clone(), observe.clone(), observe);
+    let (o1, o2, o3, o4) = (observe.clone(), observe.clone(), observe.clone(), observe);
     let app = Router::new()
         .route(
             "/status",
@@ -63,7 +70,18 @@ pub async fn serve<O: Observe>(
                 )
             }),
         )
-        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/healthz",
+            get(move || async move {
+                match o4.health() {
+                    Ok(()) => (axum::http::StatusCode::OK, "ok\n".to_string()),
+                    Err(e) => (
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        format!("{e}\n"),
+                    ),
+                }
+            }),
+        )
         .route(
             "/debug/blocked",
             axum::routing::put(move |uri: axum::http::Uri| async move {

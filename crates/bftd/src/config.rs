@@ -110,6 +110,30 @@ mod defaults {
     pub fn throughput_min_pct() -> u64 {
         10
     }
+    pub fn client_connections_max() -> usize {
+        4096
+    }
+    pub fn client_idle_timeout_ms() -> u64 {
+        300_000
+    }
+    pub fn http2_max_concurrent_streams() -> u32 {
+        128
+    }
+    pub fn http2_stream_window_bytes() -> u32 {
+        1 << 20
+    }
+    pub fn http2_connection_window_bytes() -> u32 {
+        2 << 20
+    }
+    pub fn request_bytes_pending_per_connection_max() -> usize {
+        16 << 20
+    }
+    pub fn request_bytes_pending_max() -> usize {
+        256 << 20
+    }
+    pub fn range_response_bytes_max() -> usize {
+        64 << 20
+    }
     pub fn checkpoint_period() -> u64 {
         1024
     }
@@ -165,6 +189,33 @@ pub struct Dataplane {
 pub struct Api {
     pub proxy_queue_ops_max: usize,
     pub proxy_bundle_ops_max: usize,
+    /// Client connections at most (more: the longest idle one is closed,
+    /// or the new one if none is idle); lowered at start-up to fit the
+    /// open-files limit.
+    #[serde(default = "defaults::client_connections_max")]
+    pub client_connections_max: usize,
+    /// A client connection with no request in progress for this long is
+    /// closed, ms.
+    #[serde(default = "defaults::client_idle_timeout_ms")]
+    pub client_idle_timeout_ms: u64,
+    /// HTTP/2 streams at once per client connection.
+    #[serde(default = "defaults::http2_max_concurrent_streams")]
+    pub http2_max_concurrent_streams: u32,
+    /// HTTP/2 initial window per stream and per connection, bytes.
+    #[serde(default = "defaults::http2_stream_window_bytes")]
+    pub http2_stream_window_bytes: u32,
+    #[serde(default = "defaults::http2_connection_window_bytes")]
+    pub http2_connection_window_bytes: u32,
+    /// Request bytes in flight per connection and in all, bytes (counted
+    /// from each gRPC message's declared length).
+    #[serde(default = "defaults::request_bytes_pending_per_connection_max")]
+    pub request_bytes_pending_per_connection_max: usize,
+    #[serde(default = "defaults::request_bytes_pending_max")]
+    pub request_bytes_pending_max: usize,
+    /// Largest Range or Txn response, bytes; above it ResourceExhausted
+    /// (page with `limit`).
+    #[serde(default = "defaults::range_response_bytes_max")]
+    pub range_response_bytes_max: usize,
 }
 
 /// One `[[replica]]` table.
@@ -299,13 +350,23 @@ impl ClusterConfig {
             (p.pending_requests_max, 1 << 22, "pending_requests_max"),
             (p.checkpoint_period as usize, 1 << 24, "checkpoint_period"),
             (p.tick_ms as usize, 60_000, "tick_ms"),
-            (p.request_timeout_ms as usize, 3_600_000, "request_timeout_ms"),
+            (
+                p.request_timeout_ms as usize,
+                3_600_000,
+                "request_timeout_ms",
+            ),
             (p.sync_timeout_ms as usize, 3_600_000, "sync_timeout_ms"),
-            (p.throughput_window_ms as usize, 3_600_000, "throughput_window_ms"),
+            (
+                p.throughput_window_ms as usize,
+                3_600_000,
+                "throughput_window_ms",
+            ),
             (p.throughput_min_pct as usize, 100, "throughput_min_pct"),
         ] {
             if v > max {
-                return invalid(format!("[protocol] {name} = {v} is above its maximum {max}"));
+                return invalid(format!(
+                    "[protocol] {name} = {v} is above its maximum {max}"
+                ));
             }
         }
         self.control_config(0)
@@ -583,6 +644,36 @@ mod tests {
         assert_eq!(p.pipeline_batch_min, defaults::pipeline_batch_min());
         assert_eq!(t.dataplane.threads, defaults::threads());
         assert_eq!(t.dataplane.io, defaults::io());
+        let a = &t.api;
+        assert_eq!(a.client_connections_max, defaults::client_connections_max());
+        assert_eq!(a.client_idle_timeout_ms, defaults::client_idle_timeout_ms());
+        assert_eq!(
+            a.http2_max_concurrent_streams,
+            defaults::http2_max_concurrent_streams()
+        );
+        assert_eq!(
+            a.http2_stream_window_bytes,
+            defaults::http2_stream_window_bytes()
+        );
+        assert_eq!(
+            a.http2_connection_window_bytes,
+            defaults::http2_connection_window_bytes()
+        );
+        assert_eq!(
+            a.request_bytes_pending_per_connection_max,
+            defaults::request_bytes_pending_per_connection_max()
+        );
+        assert_eq!(
+            a.request_bytes_pending_max,
+            defaults::request_bytes_pending_max()
+        );
+        assert_eq!(
+            a.range_response_bytes_max,
+            defaults::range_response_bytes_max()
+        );
+        let d = api::ApiLimits::default();
+        assert_eq!(a.client_connections_max, d.client_connections_max);
+        assert_eq!(a.range_response_bytes_max, d.range_response_bytes_max);
         let old: String = DEFAULT_TOML
             .lines()
             .filter(|l| {
@@ -638,7 +729,10 @@ mod tests {
         let mut c = four();
         c.replicas[3].public_key = c.replicas[1].public_key.to_uppercase();
         let err = c.validate().unwrap_err().to_string();
-        assert!(err.contains("replicas 1 and 3 have the same public_key"), "{err}");
+        assert!(
+            err.contains("replicas 1 and 3 have the same public_key"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -646,7 +740,10 @@ mod tests {
         let mut c = four();
         c.protocol.instance_window = 100_000_000_000;
         let err = c.validate().unwrap_err().to_string();
-        assert!(err.contains("instance_window = 100000000000 is above"), "{err}");
+        assert!(
+            err.contains("instance_window = 100000000000 is above"),
+            "{err}"
+        );
         let mut c = four();
         c.protocol.pending_requests_max = 8; // below n x the per-client share
         let err = c.validate().unwrap_err().to_string();

@@ -3,6 +3,7 @@
 //! SIGINT or SIGTERM.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::config::ClusterConfig;
 use crate::replica::{self, Observer, ReplicaBackend};
@@ -24,6 +25,7 @@ pub fn run(
         status: running.status.clone(),
         cluster: running.cluster.clone(),
         cluster_id: config.cluster_id,
+        range_response_bytes_max: config.api.range_response_bytes_max,
     });
     let observer = Arc::new(Observer {
         id,
@@ -36,8 +38,17 @@ pub fn run(
         hist: running.hist.clone(),
     });
     let fd_limit = raise_open_files_limit();
+    let a = &config.api;
     let mut limits = api::ApiLimits {
         request_bytes_max: config.protocol.request_bytes_max,
+        client_connections_max: a.client_connections_max,
+        client_idle_timeout: Duration::from_millis(a.client_idle_timeout_ms),
+        http2_max_concurrent_streams: a.http2_max_concurrent_streams,
+        http2_stream_window_bytes: a.http2_stream_window_bytes,
+        http2_connection_window_bytes: a.http2_connection_window_bytes,
+        request_bytes_pending_per_connection_max: a.request_bytes_pending_per_connection_max,
+        request_bytes_pending_max: a.request_bytes_pending_max,
+        range_response_bytes_max: a.range_response_bytes_max,
         ..api::ApiLimits::default()
     };
     limits.client_connections_max =

@@ -22,20 +22,27 @@ pub fn execute_request(
     commands_max: usize,
 ) -> Result<Vec<Result<kv::Response, KvError>>, wire::DecodeError> {
     let commands = kv::command::decode_batch(&r.payload, commands_max)?;
-    Ok(execute_commands(store, &commands, own))
+    Ok(execute_commands(
+        store,
+        &commands,
+        own,
+        kv::DEFAULT_RANGE_RESPONSE_BYTES_MAX,
+    ))
 }
 
-/// Executes decoded commands (see [`execute_request`]).
+/// Executes decoded commands (see [`execute_request`]); a read's response
+/// is capped at `range_bytes_max` bytes (`KvError::ResponseTooLarge`).
 pub fn execute_commands(
     store: &mut Store,
     commands: &[kv::Command],
     own: bool,
+    range_bytes_max: usize,
 ) -> Vec<Result<kv::Response, KvError>> {
     commands
         .iter()
         .filter_map(|c| {
             if c.is_read_only() {
-                own.then(|| store.execute_read_only(c))
+                own.then(|| store.execute_read_only_limited(c, range_bytes_max))
             } else {
                 let res = store.apply(c);
                 own.then_some(res)
@@ -52,12 +59,13 @@ pub fn execute_commands(
 pub fn read_commands(
     store: &Store,
     commands: &[kv::Command],
+    range_bytes_max: usize,
 ) -> Vec<Result<kv::Response, KvError>> {
     commands
         .iter()
         .map(|c| {
             assert!(c.is_read_only(), "read_commands with a write");
-            store.execute_read_only(c)
+            store.execute_read_only_limited(c, range_bytes_max)
         })
         .collect()
 }

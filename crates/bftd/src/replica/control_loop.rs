@@ -305,10 +305,16 @@ impl<T: TxPath, R: RxPath> ControlLoop<T, R> {
 
     fn publish(&self) {
         let s = &self.status;
+        let now = super::status::now_ms();
         Status::set(&s.regency, self.core.regency() as u64);
         Status::set(&s.leader, self.core.leader().0 as u64);
+        if Status::get(&s.last_decided_cid) != self.core.last_decided() {
+            Status::set(&s.last_progress_ms, now);
+        }
         Status::set(&s.last_decided_cid, self.core.last_decided());
         Status::set(&s.pending_requests, self.core.pending_len() as u64);
+        Status::set(&s.transferring, self.core.is_transferring() as u64);
+        Status::set(&s.control_heartbeat_ms, now);
     }
 }
 

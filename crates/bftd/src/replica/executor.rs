@@ -42,6 +42,8 @@ pub struct Executor {
     pub status: Arc<Status>,
     /// Most commands decoded from one request.
     pub commands_per_request_max: usize,
+    /// Largest read response, bytes (`[api] range_response_bytes_max`).
+    pub range_response_bytes_max: usize,
     /// Checkpoints taken, reported to the control thread.
     pub checkpoints: Sender<Prepared>,
     /// The storage thread (`None` with `durability = "memory"`).
@@ -80,12 +82,21 @@ impl Executor {
                         // Ordered reads run only where their client asked,
                         // under the read lock (serving reads go on).
                         if own {
-                            node::exec::read_commands(&self.store.read(), &commands)
+                            node::exec::read_commands(
+                                &self.store.read(),
+                                &commands,
+                                self.range_response_bytes_max,
+                            )
                         } else {
                             Vec::new()
                         }
                     } else {
-                        node::exec::execute_commands(&mut self.store.write(), &commands, own)
+                        node::exec::execute_commands(
+                            &mut self.store.write(),
+                            &commands,
+                            own,
+                            self.range_response_bytes_max,
+                        )
                     }
                 },
             );

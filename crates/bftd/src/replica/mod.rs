@@ -239,6 +239,15 @@ pub fn start_with_io(config: Arc<ClusterConfig>, id: u16, io: Io) -> Result<Runn
     );
 
     let status = Arc::new(Status::default());
+    let started_ms = status::now_ms();
+    Status::set(&status.control_heartbeat_ms, started_ms);
+    Status::set(&status.last_progress_ms, started_ms);
+    // Stuck: three request timeouts without a decision (a leader change
+    // fits in two), at least 3 s.
+    Status::set(
+        &status.stall_after_ms,
+        (3 * config.protocol.request_timeout_ms).max(3_000),
+    );
     Status::set(&status.last_applied_cid, restored.core.last_decided());
     Status::set(&status.revision, restored.store.revision() as u64);
     let dataplane_stats = Arc::new(DataplaneStats::default());
@@ -350,6 +359,7 @@ pub fn start_with_io(config: Arc<ClusterConfig>, id: u16, io: Io) -> Result<Runn
         waiters,
         status: status.clone(),
         commands_per_request_max: config.api.proxy_bundle_ops_max,
+        range_response_bytes_max: config.api.range_response_bytes_max,
         checkpoints: checkpoints_tx,
         storage,
         snapshot_chunk_bytes: config.control_config(id).snapshot_chunk_bytes,
@@ -408,6 +418,8 @@ pub struct ReplicaBackend {
     pub status: Arc<Status>,
     pub cluster: api::ClusterInfo,
     pub cluster_id: u64,
+    /// Largest read response, bytes (`[api] range_response_bytes_max`).
+    pub range_response_bytes_max: usize,
 }
 
 impl api::Backend for ReplicaBackend {
@@ -426,7 +438,9 @@ impl api::Backend for ReplicaBackend {
         self.store.read().validate(command)
     }
     fn read_local(&self, command: &Command) -> Result<Response, KvError> {
-        self.store.read().execute_read_only(command)
+        self.store
+            .read()
+            .execute_read_only_limited(command, self.range_response_bytes_max)
     }
     fn hash_kv(&self, revision: i64) -> Result<(u32, i64), KvError> {
         self.store.read().hash_kv(revision)
@@ -613,6 +627,11 @@ impl api::http::Observe for Observer {
             "state_digest": store.state_digest().to_hex(),
             "keys": store.key_count(),
             "pending_requests": Status::get(&s.pending_requests),
+            "transferring": Status::get(&s.transferring) == 1,
+            "health": match s.health(status::now_ms()) {
+                Ok(()) => "ok".to_string(),
+                Err(e) => e,
+            },
         })
     }
     fn metrics_text(&self) -> String {
@@ -627,6 +646,9 @@ impl api::http::Observe for Observer {
         f.set_blocked(&peers);
         tracing::warn!(?peers, "fault injection: links to these replicas are cut");
         Ok(())
+    }
+    fn health(&self) -> Result<(), String> {
+        self.status.health(status::now_ms())
     }
 }
 

@@ -23,6 +23,55 @@ pub struct Status {
     /// Consensus instances decided, and requests executed.
     pub decisions_total: AtomicU64,
     pub requests_executed_total: AtomicU64,
+    /// 1 while a state transfer runs.
+    pub transferring: AtomicU64,
+    /// Wall clock (ms since the epoch) of the control thread's last round
+    /// or tick: a wedged control thread stops moving it.
+    pub control_heartbeat_ms: AtomicU64,
+    /// Wall clock (ms since the epoch) when `last_decided_cid` last moved
+    /// (or the replica started).
+    pub last_progress_ms: AtomicU64,
+    /// How long without a decision, while requests wait or a state
+    /// transfer runs, counts as stuck, ms.
+    pub stall_after_ms: AtomicU64,
+}
+
+/// Milliseconds since the epoch (0 if the clock is before it).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Status {
+    /// Why this replica is not healthy, if it is not: its control thread
+    /// has not run for 5 s, or it delivered nothing for `stall_after_ms`
+    /// while requests wait or a state transfer runs (a replica stuck
+    /// behind, or a cluster without a working regency).
+    pub fn health(&self, now_ms: u64) -> Result<(), String> {
+        let beat = Self::get(&self.control_heartbeat_ms);
+        if now_ms.saturating_sub(beat) > 5_000 {
+            return Err(format!(
+                "control thread silent for {} ms",
+                now_ms.saturating_sub(beat)
+            ));
+        }
+        let idle = now_ms.saturating_sub(Self::get(&self.last_progress_ms));
+        let pending = Self::get(&self.pending_requests);
+        let transferring = Self::get(&self.transferring) == 1;
+        if idle > Self::get(&self.stall_after_ms) && (pending > 0 || transferring) {
+            return Err(format!(
+                "stuck: no decision for {idle} ms at cid {} with {pending} requests pending{}",
+                Self::get(&self.last_decided_cid),
+                if transferring {
+                    " and a state transfer running"
+                } else {
+                    ""
+                }
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Status {
@@ -53,4 +102,32 @@ pub struct Histograms {
     pub execute: LatencyHistogram,
     /// One etcd API call, as its client sees it at this replica.
     pub api_request: LatencyHistogram,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replica_without_decisions_while_requests_wait_is_reported_stuck() {
+        let s = Status::default();
+        Status::set(&s.stall_after_ms, 3_000);
+        Status::set(&s.control_heartbeat_ms, 10_000);
+        Status::set(&s.last_progress_ms, 10_000);
+        assert_eq!(s.health(10_500), Ok(()));
+        // Idle and nothing waits: healthy however long.
+        Status::set(&s.control_heartbeat_ms, 20_000);
+        assert_eq!(s.health(20_000), Ok(()));
+        // Requests wait and nothing was decided for 10 s: stuck.
+        Status::set(&s.pending_requests, 5);
+        let err = s.health(20_000).unwrap_err();
+        assert!(err.contains("stuck") && err.contains("5 requests"), "{err}");
+        // A state transfer that makes no progress: stuck too.
+        Status::set(&s.pending_requests, 0);
+        Status::set(&s.transferring, 1);
+        assert!(s.health(20_000).unwrap_err().contains("state transfer"));
+        // A silent control thread.
+        Status::set(&s.transferring, 0);
+        assert!(s.health(26_000).unwrap_err().contains("control thread"));
+    }
 }
