@@ -600,6 +600,21 @@ impl Source for Observer {
             "Requests refused: pending pool full",
             c.requests_refused_full,
         ));
+        v.push(Sample::counter(
+            "requests_refused_client_full",
+            "Requests refused: their client's share of the pending pool full",
+            c.requests_refused_client_full,
+        ));
+        v.push(Sample::counter(
+            "transfer_bad_chunks",
+            "Snapshot chunks that did not match the manifest (source dropped)",
+            c.transfer_bad_chunks,
+        ));
+        v.push(Sample::counter(
+            "transfer_ignored_chunks",
+            "Snapshot chunks ignored (not asked for, not from the asked source)",
+            c.transfer_ignored_chunks,
+        ));
         for m in self.nic.metrics() {
             let name = m.name.strip_suffix("_total").unwrap_or(m.name);
             let mut sample =
