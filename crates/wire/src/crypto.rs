@@ -82,12 +82,79 @@ impl PublicKey {
     pub fn as_bytes(&self) -> &[u8; 32] {
         self.0.as_bytes()
     }
-    /// Single (strict) verification of `sig` over `msg`.
+    /// Verification of `sig` over `msg` by [`verify_one`], the rule every
+    /// replica applies.
     pub fn verify(&self, msg: &[u8], sig: &Signature) -> bool {
-        self.0
-            .verify_strict(msg, &ed25519_dalek::Signature::from_bytes(&sig.0))
-            .is_ok()
+        verify_one(&self.0, msg, &ed25519_dalek::Signature::from_bytes(&sig.0))
     }
+}
+
+/// THE ed25519 rule of bftd, for one signature: [`verify_cofactored`] of
+/// a batch of one.
+pub fn verify_one(key: &VerifyingKey, msg: &[u8], sig: &ed25519_dalek::Signature) -> bool {
+    verify_cofactored(&[(key, msg, sig)])
+}
+
+/// THE ed25519 rule of bftd: the *cofactored* equation
+/// `[8](sB - R - kA) = 0`, with `s` canonical, R a valid point encoding and
+/// `k = SHA-512(R || A || M)` (RFC 8032 Sec. 5.1.7 allows either equation;
+/// ZIP-215 picks this one). For a batch, the random linear combination of
+/// the equations with 128-bit coefficients (one for a single signature):
+/// true only if every signature is valid, up to probability 2^-128.
+///
+/// Why one rule: ed25519-dalek's strict check and its batch check both use
+/// the cofactorless equation, but the batch's random coefficients cancel a
+/// small torsion component of R or A one time in eight, so a signature
+/// crafted that way by its signer (a Byzantine replica) passes in some
+/// batches and fails in others or alone: two correct replicas would
+/// disagree on one message or proof depending on what else was in its
+/// batch. The cofactored equation ignores torsion, so its verdict does not
+/// depend on the batch. Small-order public keys are refused when a keyring
+/// is built ([`PublicKey::from_bytes`]).
+pub fn verify_cofactored(items: &[(&VerifyingKey, &[u8], &ed25519_dalek::Signature)]) -> bool {
+    use curve25519_dalek::constants::ED25519_BASEPOINT_POINT;
+    use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
+    use curve25519_dalek::scalar::Scalar;
+    use curve25519_dalek::traits::{IsIdentity, VartimeMultiscalarMul};
+    use rand::Rng;
+    use sha2::Digest as _;
+    if items.is_empty() {
+        return true;
+    }
+    let mut rng = rand::thread_rng();
+    let mut b_coefficient = Scalar::ZERO;
+    let mut scalars = Vec::with_capacity(2 * items.len() + 1);
+    let mut points = Vec::with_capacity(2 * items.len() + 1);
+    scalars.push(Scalar::ZERO); // the basepoint's, set below
+    points.push(ED25519_BASEPOINT_POINT);
+    for (key, msg, sig) in items {
+        let Some(s) = Option::<Scalar>::from(Scalar::from_canonical_bytes(*sig.s_bytes())) else {
+            return false;
+        };
+        let Some(r) = CompressedEdwardsY(*sig.r_bytes()).decompress() else {
+            return false;
+        };
+        let k = Scalar::from_hash(
+            sha2::Sha512::new()
+                .chain_update(sig.r_bytes())
+                .chain_update(key.as_bytes())
+                .chain_update(msg),
+        );
+        let z = if items.len() == 1 {
+            Scalar::ONE
+        } else {
+            Scalar::from(rng.gen::<u128>() | 1)
+        };
+        b_coefficient += z * s;
+        scalars.push(z);
+        points.push(r);
+        scalars.push(z * k);
+        points.push(key.to_edwards());
+    }
+    scalars[0] = -b_coefficient;
+    EdwardsPoint::vartime_multiscalar_mul(scalars, points)
+        .mul_by_cofactor()
+        .is_identity()
 }
 
 /// A secret identity key (ed25519 seed, 32 bytes).
@@ -811,16 +878,17 @@ impl Verifier {
         let real: Vec<&Job> = jobs.iter().filter(|j| j.alias_of.is_none()).collect();
         let mut bad_real = None;
         if real.len() >= 2 {
-            let msgs: Vec<&[u8]> = real.iter().map(|j| &j.bytes[..]).collect();
-            let sigs: Vec<_> = real.iter().map(|j| j.sig).collect();
-            let keys: Vec<_> = real.iter().map(|j| j.key).collect();
-            if ed25519_dalek::verify_batch(&msgs, &sigs, &keys).is_ok() {
+            let items: Vec<(&VerifyingKey, &[u8], &ed25519_dalek::Signature)> = real
+                .iter()
+                .map(|j| (&j.key, &j.bytes[..], &j.sig))
+                .collect();
+            if verify_cofactored(&items) {
                 bad_real = Some(vec![false; jobs.len()]);
             }
         }
         let mut bad = bad_real.unwrap_or_else(|| {
             jobs.iter()
-                .map(|j| j.alias_of.is_none() && j.key.verify_strict(&j.bytes, &j.sig).is_err())
+                .map(|j| j.alias_of.is_none() && !verify_one(&j.key, &j.bytes, &j.sig))
                 .collect()
         });
         for (i, j) in jobs.iter().enumerate() {

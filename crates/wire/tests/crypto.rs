@@ -378,3 +378,75 @@ fn the_same_request_twice_in_a_batch_is_checked_once_and_both_copies_share_the_v
         &VerifyError::BadSignature("request")
     );
 }
+
+/// An ACCEPT of replica `r` (seed of `common::secret(r)`) signed with a
+/// nonce point R that carries a small torsion component: valid under the
+/// cofactored equation, invalid under the strict cofactorless one. Only the
+/// key holder can make one (a Byzantine replica signing its own votes).
+fn accept_with_torsioned_nonce(r: u16) -> Message {
+    use curve25519_dalek::constants::{ED25519_BASEPOINT_POINT, EIGHT_TORSION};
+    use curve25519_dalek::scalar::Scalar;
+    use sha2::{Digest as _, Sha512};
+    let mut seed = [7u8; 32];
+    seed[..2].copy_from_slice(&r.to_be_bytes());
+    let sk = ed25519_dalek::SigningKey::from_bytes(&seed);
+    let (a_scalar, a_point) = (sk.to_scalar(), sk.verifying_key());
+    let unsigned = Accept {
+        regency: 0,
+        cid: 1,
+        replica: ReplicaId(r),
+        digest: Digest([3; 32]),
+        signature: Signature::PENDING,
+    };
+    let msg = wire::crypto::accept_signed_bytes(CLUSTER, &unsigned);
+    for nonce in 1u64..64 {
+        let rs = Scalar::from(nonce * 7919);
+        let big_r = (ED25519_BASEPOINT_POINT * rs + EIGHT_TORSION[1]).compress();
+        let k = Scalar::from_hash(
+            Sha512::new()
+                .chain_update(big_r.as_bytes())
+                .chain_update(a_point.as_bytes())
+                .chain_update(&msg[..]),
+        );
+        let s = rs + k * a_scalar;
+        let mut sig = [0u8; 64];
+        sig[..32].copy_from_slice(big_r.as_bytes());
+        sig[32..].copy_from_slice(s.as_bytes());
+        let dsig = ed25519_dalek::Signature::from_bytes(&sig);
+        if a_point.verify_strict(&msg[..], &dsig).is_err() {
+            return Message::Accept(Accept {
+                signature: Signature(sig),
+                ..unsigned
+            });
+        }
+    }
+    unreachable!("7 in 8 nonces give a strict failure");
+}
+
+#[test]
+fn a_signature_valid_only_under_the_cofactored_equation_gets_one_verdict_in_and_out_of_batches() {
+    let odd = accept_with_torsioned_nonce(2);
+    let good = signer(1).sign(accept(1)).into_inner();
+    let mut bad = signer(3).sign(accept(3)).into_inner();
+    if let Message::Accept(a) = &mut bad {
+        a.signature.0[40] ^= 1;
+    }
+    let mut v = Verifier::new(keyring(4), 0);
+    // Alone.
+    let alone = v.verify(ReplicaId(2), odd.clone()).is_ok();
+    // In a batch that passes as a whole.
+    let all_good = v.verify_batch(vec![
+        (ReplicaId(2), odd.clone()),
+        (ReplicaId(1), good.clone()),
+    ]);
+    // In a batch that fails and falls back to one check per signature.
+    let mixed = v.verify_batch(vec![(ReplicaId(2), odd.clone()), (ReplicaId(3), bad)]);
+    assert!(mixed[1].is_err(), "the bad signature is singled out");
+    let verdicts = [alone, all_good[0].is_ok(), mixed[0].is_ok()];
+    assert!(
+        verdicts.iter().all(|&x| x == verdicts[0]),
+        "one signature, different verdicts: {verdicts:?}"
+    );
+    // The rule is the cofactored one (the batch equation).
+    assert!(verdicts[0]);
+}
