@@ -397,6 +397,7 @@ impl Host {
             let (what, x) = match ack {
                 node::Ack::Proposal(cid, _) => ("proposal cid", cid),
                 node::Ack::Regency(r) => ("regency", r as u64),
+                node::Ack::Accept(_, cid, _) => ("accept cid", cid),
             };
             env.trace.event(env.now, b'p', &[me.0 as u64, x], || {
                 format!("{me:?} persisted {what}={x}")

@@ -371,3 +371,16 @@ fn trace_of_the_lost_stops_run() {
     p.byzantine = vec![(ReplicaId(1), Behavior::BadSync)];
     sim::run_params(p, &opts);
 }
+
+/// control (liveness): a restarted replica reported its durable proposal
+/// as accepted too. Seed 356 of the full-profile soak (n=7, f=2, an
+/// equivocating first leader and a silent replica, all five correct
+/// replicas crash and restart): the replicas shown the other value claimed
+/// ACCEPTs they never sent, no value was bound and none free, and every
+/// leader change after the heal waited for a STOPDATA that never came.
+/// Fixed: an ACCEPT leaves only once its record is durable, and a restart
+/// reports exactly the durable ones (`Replica::recover_accept`).
+#[test]
+fn restarted_replicas_do_not_claim_accepts_they_never_sent() {
+    assert_clean(&[run(356, Profile::Full, None)]);
+}

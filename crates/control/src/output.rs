@@ -59,6 +59,17 @@ pub enum Output {
         regency: Regency,
         batch: Arc<Batch>,
     },
+    /// Make this replica's ACCEPT of `digest` for `cid` in `regency`
+    /// durable, then call [`crate::Replica::on_accept_persisted`]: the
+    /// ACCEPT leaves only then, so a restarted replica reports exactly the
+    /// ACCEPTs it sent (neither forgets one, which could make a decided
+    /// value look free, nor claims one it never sent, which could block a
+    /// leader change after an equivocating leader).
+    PersistAccept {
+        regency: Regency,
+        cid: Cid,
+        digest: wire::Digest,
+    },
     /// Execute a decision (strictly the next cid after the previous one).
     Deliver(Decision),
     /// A new regency is in force (installed by 2f+1 STOPs, or adopted from

@@ -171,6 +171,9 @@ pub struct Replica {
     /// Decided instances whose own ACCEPT still waits for the batch to be
     /// durable: `cid -> (regency, digest)`.
     late_accepts: BTreeMap<Cid, (Regency, Digest)>,
+    /// Accepts being made durable, by cid: their ACCEPTs leave once the
+    /// host acknowledges them.
+    accepts_owed: BTreeMap<Cid, (Regency, Digest)>,
     /// Batches asked for with FETCH: `cid -> (digest, tick asked)`.
     fetching: BTreeMap<Cid, (Digest, u64)>,
     /// Values the applied SYNC chose that are being fetched: `cid -> digest`.
@@ -237,6 +240,7 @@ impl Replica {
             failed_syncs: 0,
             seen_regency: vec![regency; n],
             late_accepts: BTreeMap::new(),
+            accepts_owed: BTreeMap::new(),
             fetching: BTreeMap::new(),
             pending_sync_values: BTreeMap::new(),
             behind_reported: last_decided,
@@ -511,14 +515,12 @@ impl Replica {
         }
     }
 
-    /// After a restart from disk: the votes this replica cast before the
-    /// crash for an undecided instance, from its log of proposals. It is
-    /// reported as accepted as well as written: the log does not say whether
-    /// the WRITE and ACCEPT left, and claiming them is the conservative
-    /// choice (a value this replica persisted in a regency can only be the
-    /// value that regency's leader chose, so the claim cannot make another
-    /// value look bound, while forgetting an ACCEPT could make a decided
-    /// value look free).
+    /// After a restart from disk: a proposal this replica made durable
+    /// before the crash for an undecided instance (so it may have sent its
+    /// WRITE), reported as written in the next STOPDATA. Whether it also
+    /// ACCEPTed is the log's ACCEPT records' ([`Replica::recover_accept`]):
+    /// an ACCEPT leaves only once durable, so none is forgotten and none is
+    /// claimed that was not sent.
     ///
     /// A vote of the recovered regency itself becomes the instance's
     /// proposal again, durable: a different PROPOSE for the same cid in
@@ -557,9 +559,6 @@ impl Replica {
             inst.written.push((regency, d));
             inst.written.sort_by_key(|w| w.0);
         }
-        if inst.accepted.is_none_or(|(r, _)| r <= regency) {
-            inst.accepted = Some((regency, d));
-        }
         if regency == current {
             assert!(
                 inst.proposal_digest().is_none_or(|p| p == d),
@@ -568,6 +567,30 @@ impl Replica {
             inst.proposal = Some(batch);
             inst.persisted = true;
             inst.write_sent = true;
+        }
+        self.check_invariants();
+        true
+    }
+
+    /// After a restart from disk, once its proposal was recovered
+    /// ([`Replica::recover_vote`]): this replica's ACCEPT of `digest` for
+    /// `cid` in `regency`, from the log. Returns false if the instance is
+    /// outside the open window or holds no such recovered proposal (the
+    /// record is then ignored: an ACCEPT is only ever of a durable
+    /// proposal).
+    pub fn recover_accept(&mut self, regency: Regency, cid: Cid, digest: Digest) -> bool {
+        let current = self.regency;
+        let Some(inst) = self.instances.get_mut(&cid) else {
+            return false;
+        };
+        if !inst.written.contains(&(regency, digest)) {
+            return false;
+        }
+        if inst.accepted.is_none_or(|(r, _)| r <= regency) {
+            inst.accepted = Some((regency, digest));
+        }
+        if regency == current {
+            inst.accept_sent = true;
         }
         self.check_invariants();
         true
@@ -759,21 +782,48 @@ impl Replica {
         self.send_accept(regency, cid, d, out);
     }
 
+    /// Accepts `digest` for `cid` in `regency`: the host makes the accept
+    /// durable first ([`Output::PersistAccept`]); the ACCEPT leaves in
+    /// [`Replica::on_accept_persisted`].
     fn send_accept(&mut self, regency: Regency, cid: Cid, digest: Digest, out: &mut Vec<Output>) {
         if let Some(inst) = self.instances.get_mut(&cid) {
             inst.accept_sent = true;
             inst.accepted = Some((regency, digest));
         }
-        out.push(Output::Send {
-            to: Target::All,
-            msg: Message::Accept(Accept {
-                regency,
-                cid,
-                replica: self.cfg.me,
-                digest,
-                signature: wire::Signature::PENDING,
-            }),
+        if self.accepts_owed.insert(cid, (regency, digest)) == Some((regency, digest)) {
+            return; // already being made durable
+        }
+        out.push(Output::PersistAccept {
+            regency,
+            cid,
+            digest,
         });
+    }
+
+    /// The host made this replica's accept of `digest` for `cid` in
+    /// `regency` durable ([`Output::PersistAccept`]): the ACCEPT leaves
+    /// (Mod-SMaRt step 3).
+    pub fn on_accept_persisted(
+        &mut self,
+        regency: Regency,
+        cid: Cid,
+        digest: Digest,
+        out: &mut Vec<Output>,
+    ) {
+        if self.accepts_owed.get(&cid) == Some(&(regency, digest)) {
+            self.accepts_owed.remove(&cid);
+            out.push(Output::Send {
+                to: Target::All,
+                msg: Message::Accept(Accept {
+                    regency,
+                    cid,
+                    replica: self.cfg.me,
+                    digest,
+                    signature: wire::Signature::PENDING,
+                }),
+            });
+        }
+        self.check_invariants();
     }
 
     /// Mod-SMaRt step 3: record a signed ACCEPT.
@@ -897,6 +947,7 @@ impl Replica {
             .last_decided
             .saturating_sub(self.cfg.instance_window as u64);
         self.late_accepts.retain(|&c, _| c > floor);
+        self.accepts_owed.retain(|&c, _| c > floor);
         self.next_proposal = self.next_proposal.max(self.last_decided + 1);
         self.try_propose(out);
     }
@@ -1201,6 +1252,7 @@ impl Replica {
         self.pending.clear_proposed();
         self.pending.reset_ages(self.tick);
         self.late_accepts.clear();
+        self.accepts_owed.retain(|_, (r, _)| *r >= regency);
         self.pending_sync_values.clear();
         self.next_proposal = self.last_decided + 1;
         let m = &mut self.monitor;
@@ -1591,6 +1643,7 @@ impl Replica {
         self.clients = ckpt.clients;
         self.instances.retain(|&c, _| c > ckpt.cid);
         self.late_accepts.retain(|&c, _| c > ckpt.cid);
+        self.accepts_owed.retain(|&c, _| c > ckpt.cid);
         self.fetching.retain(|&c, _| c > ckpt.cid);
         self.pending_sync_values.retain(|&c, _| c > ckpt.cid);
         let clients = &self.clients;
@@ -1695,6 +1748,7 @@ impl Replica {
         assert!(self.stop_sent >= self.regency);
         assert!(self.stopdata.len() <= self.cfg.n);
         assert!(self.late_accepts.len() <= self.cfg.instance_window);
+        assert!(self.accepts_owed.len() <= 2 * self.cfg.instance_window + 2);
         assert!(self.fetching.len() <= self.cfg.instance_window + 1);
         assert!(self.pending_sync_values.len() <= self.cfg.instance_window);
         assert!(self.log.len() <= self.cfg.decision_log_max());

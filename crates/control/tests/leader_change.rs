@@ -294,9 +294,11 @@ fn a_restarted_replica_reports_the_votes_it_logged_before_the_crash() {
     let mut net = net(4);
     let r = net.request(1, b"v");
     let batch = std::sync::Arc::new(Batch::new(vec![r]));
-    // Replica 3 comes back from disk knowing it wrote `batch` for cid 1 in regency 0.
+    // Replica 3 comes back from disk knowing it wrote `batch` for cid 1 in
+    // regency 0 and accepted it (both records durable).
     net.replicas[3] = control::Replica::start(control::Config::new(4, ReplicaId(3)));
     net.replicas[3].recover_vote(0, 1, batch.clone());
+    assert!(net.replicas[3].recover_accept(0, 1, batch.digest()));
     // When it installs regency 1 it tells the new leader.
     let stops: Vec<_> = (1..3)
         .map(|i| {

@@ -176,3 +176,73 @@ fn a_restarted_leader_does_not_propose_again_in_its_regency() {
     assert!(net.replicas[0].regency() >= 1);
     net.assert_agreement();
 }
+
+#[test]
+fn replicas_shown_another_value_by_an_equivocating_leader_and_restarted_do_not_block_the_leader_change(
+) {
+    // Found by the simulator (full profile, seed 356 of the soak): a
+    // restarted replica used to report its durable proposal as accepted
+    // too. After an equivocating leader showed B to some replicas (B never
+    // had a WRITE quorum) and A to the others, and every correct replica
+    // restarted, the B side claimed ACCEPTs it never sent: no value was
+    // bound and none free, and every leader change waited forever.
+    let mut net = net();
+    let a = Arc::new(Batch::new(vec![net.request(1, b"A")]));
+    let b = Arc::new(Batch::new(vec![net.request(2, b"B")]));
+    // A to replicas 1 and 2 (with the leader's WRITE: a quorum of 3, they
+    // ACCEPT A); B to replica 3 (two WRITEs: it never accepts B).
+    let [pa, wa, _] = leader_votes(&net, &a);
+    let [pb, wb, _] = leader_votes(&net, &b);
+    for to in [1, 2] {
+        net.send(0, to, pa.clone());
+        net.send(0, to, wa.clone());
+    }
+    net.send(0, 3, pb);
+    net.send(0, 3, wb);
+    // Only the votes among 1 and 2 get through; nothing is decided.
+    net.run_filtered(10_000, |p| {
+        p.from.0 != 3 && p.to.0 != 3 && p.to.0 != 0 || p.from.0 == 0
+    });
+    assert!(net.decisions.iter().all(|d| d.is_empty()));
+    // Every correct replica crashes and restarts from its disk.
+    for r in 1..4 {
+        net.crash(r);
+    }
+    for r in 1..4 {
+        net.restart(r);
+    }
+    net.wire.clear();
+    net.down[0] = true; // the Byzantine leader goes silent
+                        // The correct replicas move to regency 1 (leader 1).
+    let stops: Vec<(u16, Message)> = (1..4u16)
+        .map(|i| {
+            (
+                i,
+                net.sign(
+                    i,
+                    Message::Stop(Stop {
+                        regency: 1,
+                        replica: ReplicaId(i),
+                        requests: vec![],
+                    }),
+                ),
+            )
+        })
+        .collect();
+    for (i, s) in stops {
+        net.broadcast(i, s);
+    }
+    net.run(100_000);
+    assert!(
+        net.replicas[1].stats().syncs_sent >= 1,
+        "the new leader found the STOPDATAs sound and sent its SYNC"
+    );
+    for r in 1..4 {
+        assert_eq!(
+            net.log(r),
+            vec![(1, a.digest())],
+            "replica {r} decided A at cid 1"
+        );
+    }
+    net.assert_agreement();
+}

@@ -64,7 +64,8 @@ pub trait Host {
 /// sent messages straight back to the core (`own` and `work` are the
 /// caller's reusable buffers, left empty).
 ///
-/// Order per output: PERSIST and REGENCY go to the disk and are applied to
+/// Order per output: PERSIST, PERSIST_ACCEPT and REGENCY go to the disk
+/// and are applied to
 /// the core only when durable; a DELIVER is logged then executed; an
 /// installed checkpoint is stored then installed.
 pub fn carry_out<H: Host>(
@@ -94,6 +95,21 @@ pub fn carry_out<H: Host>(
                         batch,
                     };
                     let ack = job.ack().expect("a proposal is acknowledged");
+                    if host.write(core, job)? {
+                        ack.apply(core, out);
+                    }
+                }
+                Output::PersistAccept {
+                    regency,
+                    cid,
+                    digest,
+                } => {
+                    let job = DiskJob::Accept {
+                        regency,
+                        cid,
+                        digest,
+                    };
+                    let ack = job.ack().expect("an accept is acknowledged");
                     if host.write(core, job)? {
                         ack.apply(core, out);
                     }

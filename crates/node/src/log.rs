@@ -4,6 +4,9 @@
 //! safety across crashes):
 //! - a PROPOSAL is durable before the replica WRITEs or ACCEPTs it
 //!   ([`Ack::Proposal`] goes back to `Replica::on_persisted`);
+//! - an ACCEPT record is durable before the replica sends its ACCEPT
+//!   ([`Ack::Accept`] goes to `Replica::on_accept_persisted`), so a
+//!   restarted replica reports exactly the ACCEPTs it sent;
 //! - a REGENCY record is durable before the replica sends its STOPDATA
 //!   ([`Ack::Regency`] goes to `Replica::on_regency_persisted`), so a crash
 //!   never brings it back in a regency it promised to leave;
@@ -28,6 +31,12 @@ pub enum DiskJob {
         regency: Regency,
         batch: Arc<Batch>,
     },
+    /// An accept to make durable and acknowledge ([`Ack::Accept`]).
+    Accept {
+        regency: Regency,
+        cid: Cid,
+        digest: Digest,
+    },
     /// A decision to log (nothing waits for it).
     Decision {
         batch: Arc<Batch>,
@@ -48,6 +57,11 @@ impl DiskJob {
         match self {
             DiskJob::Proposal { cid, batch, .. } => Some(Ack::Proposal(*cid, batch.digest())),
             DiskJob::Regency(r) => Some(Ack::Regency(*r)),
+            DiskJob::Accept {
+                regency,
+                cid,
+                digest,
+            } => Some(Ack::Accept(*regency, *cid, *digest)),
             _ => None,
         }
     }
@@ -60,6 +74,8 @@ pub enum Ack {
     Proposal(Cid, Digest),
     /// The REGENCY record of this regency is durable.
     Regency(Regency),
+    /// The accept of (regency, cid, digest) is durable.
+    Accept(Regency, Cid, Digest),
 }
 
 impl Ack {
@@ -68,6 +84,7 @@ impl Ack {
         match self {
             Ack::Proposal(cid, digest) => core.on_persisted(cid, digest, out),
             Ack::Regency(r) => core.on_regency_persisted(r, out),
+            Ack::Accept(r, cid, d) => core.on_accept_persisted(r, cid, d, out),
         }
     }
 }
@@ -123,6 +140,15 @@ impl LogWriter {
                 });
                 v
             }
+            DiskJob::Accept {
+                regency,
+                cid,
+                digest,
+            } => vec![Record::Accept {
+                regency: *regency,
+                cid: *cid,
+                digest: *digest,
+            }],
             DiskJob::Regency(r) => {
                 if *r > self.regency {
                     self.regency = *r;

@@ -83,6 +83,8 @@ pub fn restore(
     // Batches logged as proposals, by (cid, digest): their regency, bytes.
     let mut proposals: HashMap<(u64, Digest), (u32, Arc<Batch>)> = HashMap::new();
     let mut replayed = 0;
+    // ACCEPT records: (regency, cid, digest).
+    let mut accepts: Vec<(u32, u64, Digest)> = Vec::new();
     // The newest replayed decisions, for the core's decision log.
     let log_max = cfg.decision_log_max();
     let mut replayed_log: std::collections::VecDeque<wire::Decided> = Default::default();
@@ -144,6 +146,11 @@ pub fn restore(
                 proof = Some(p);
                 replayed += 1;
             }
+            Record::Accept {
+                regency,
+                cid,
+                digest,
+            } => accepts.push((regency, cid, digest)),
             Record::Regency { .. } | Record::Checkpoint { .. } => {}
         }
     }
@@ -174,6 +181,12 @@ pub fn restore(
     let mut votes = 0;
     for ((cid, _), (reg, batch)) in open {
         votes += core.recover_vote(reg, cid, batch) as u64;
+    }
+    accepts.sort();
+    for (regency, cid, digest) in accepts {
+        if cid > last {
+            core.recover_accept(regency, cid, digest);
+        }
     }
     if let Some(p) = checkpoint {
         core.on_checkpoint(p);

@@ -605,7 +605,7 @@ impl Storage {
                 }
                 self.decided_cid_max = self.decided_cid_max.max(Some(cid));
             }
-            Record::Proposal { .. } | Record::Checkpoint { .. } => {}
+            Record::Proposal { .. } | Record::Checkpoint { .. } | Record::Accept { .. } => {}
         }
     }
 

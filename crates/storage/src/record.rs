@@ -28,6 +28,7 @@ pub(crate) mod kind {
     pub const DECISION: u8 = 2;
     pub const REGENCY: u8 = 3;
     pub const CHECKPOINT: u8 = 4;
+    pub const ACCEPT: u8 = 5;
     /// Framing: first frame of a group.
     pub const GROUP: u8 = 0x40;
     /// Framing: last frame of a group, zeros up to a block boundary.
@@ -58,6 +59,14 @@ pub enum Record {
         digest: Digest,
         proof: Vec<u8>,
     },
+    /// The replica accepted the batch with `digest` for `cid` in
+    /// `regency` (Mod-SMaRt's ACCEPT; made durable before the ACCEPT is
+    /// sent, so a restarted replica reports exactly the ACCEPTs it sent).
+    Accept {
+        regency: Regency,
+        cid: Cid,
+        digest: Digest,
+    },
     /// The replica installed `regency` (durable before it acts in it).
     Regency { regency: Regency },
     /// A checkpoint of the state after executing `cid` is durable on disk
@@ -73,6 +82,7 @@ impl Record {
             Record::Decision { .. } => kind::DECISION,
             Record::Regency { .. } => kind::REGENCY,
             Record::Checkpoint { .. } => kind::CHECKPOINT,
+            Record::Accept { .. } => kind::ACCEPT,
         }
     }
 
@@ -82,7 +92,8 @@ impl Record {
         match self {
             Record::Proposal { cid, .. }
             | Record::Decision { cid, .. }
-            | Record::Checkpoint { cid, .. } => Some(*cid),
+            | Record::Checkpoint { cid, .. }
+            | Record::Accept { cid, .. } => Some(*cid),
             Record::Regency { .. } => None,
         }
     }
@@ -94,6 +105,7 @@ impl Record {
             Record::Decision { proof, .. } => 8 + 4 + 32 + 4 + proof.len(),
             Record::Regency { .. } => 4,
             Record::Checkpoint { .. } => 8 + 32,
+            Record::Accept { .. } => 4 + 8 + 32,
         }
     }
 
@@ -126,6 +138,15 @@ impl Record {
             }
             Record::Regency { regency } => w.u32(*regency),
             Record::Checkpoint { cid, digest } => {
+                w.u64(*cid);
+                w.raw(digest.as_bytes());
+            }
+            Record::Accept {
+                regency,
+                cid,
+                digest,
+            } => {
+                w.u32(*regency);
                 w.u64(*cid);
                 w.raw(digest.as_bytes());
             }
@@ -170,6 +191,11 @@ impl Record {
             },
             kind::REGENCY => Record::Regency { regency: r.u32()? },
             kind::CHECKPOINT => Record::Checkpoint {
+                cid: r.u64()?,
+                digest: Digest(r.array()?),
+            },
+            kind::ACCEPT => Record::Accept {
+                regency: r.u32()?,
                 cid: r.u64()?,
                 digest: Digest(r.array()?),
             },

@@ -173,7 +173,7 @@ impl Collector {
                     self.records.push(record);
                 }
             }
-            Record::Proposal { .. } => {
+            Record::Proposal { .. } | Record::Accept { .. } => {
                 if after_base {
                     self.records.push(record);
                 }

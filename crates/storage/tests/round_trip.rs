@@ -32,6 +32,11 @@ fn every_record_kind_round_trips_through_a_clean_shutdown() {
             cid: 5,
             digest: digest(b"state"),
         },
+        Record::Accept {
+            regency: 3,
+            cid: 7,
+            digest: digest(b"batch bytes"),
+        },
         Record::Decision {
             cid: 8,
             regency: 3,

@@ -9,6 +9,9 @@
 //!   moment (nothing waits for them);
 //!   a decided batch never logged as a proposal (fetched from a peer) is
 //!   logged as one first;
+//! - ACCEPT records are acknowledged after their sync too (the ACCEPT
+//!   waits for that ack: a restarted replica reports exactly the ACCEPTs
+//!   it sent);
 //! - REGENCY records are acknowledged after their sync too (the STOPDATA
 //!   waits for that ack: a crash must not bring the replica back in a
 //!   regency it promised to leave);
@@ -148,7 +151,10 @@ pub fn run(
                         writer.truncated(floor);
                     }
                 }
-                DiskJob::Proposal { .. } | DiskJob::Decision { .. } | DiskJob::Regency(_) => {}
+                DiskJob::Proposal { .. }
+                | DiskJob::Accept { .. }
+                | DiskJob::Decision { .. }
+                | DiskJob::Regency(_) => {}
             }
         }
         if to_ack.is_empty() {

@@ -39,6 +39,8 @@ pub struct Net {
     pub unpersisted: Vec<Vec<(u32, u64, Arc<wire::Batch>)>>,
     /// REGENCY records waiting to become durable, per replica.
     pub unpersisted_regencies: Vec<Vec<u32>>,
+    /// ACCEPT records waiting to become durable, per replica.
+    pub unpersisted_accepts: Vec<Vec<(u32, u64, wire::Digest)>>,
     /// When true, persistence is acknowledged as soon as it is asked for.
     pub auto_persist: Vec<bool>,
     /// What each replica made durable, for [`Net::restart`].
@@ -63,6 +65,8 @@ pub struct Disk {
     pub regency: u32,
     /// Proposals made durable: (regency, cid, batch).
     pub proposals: Vec<(u32, u64, Arc<wire::Batch>)>,
+    /// Accepts made durable: (regency, cid, digest).
+    pub accepts: Vec<(u32, u64, wire::Digest)>,
 }
 
 impl Net {
@@ -96,6 +100,7 @@ impl Net {
             wire: VecDeque::new(),
             unpersisted: vec![Vec::new(); n],
             unpersisted_regencies: vec![Vec::new(); n],
+            unpersisted_accepts: vec![Vec::new(); n],
             auto_persist: vec![true; n],
             disks: vec![Disk::default(); n],
             configs,
@@ -172,6 +177,17 @@ impl Net {
                         self.unpersisted[at].push((regency, cid, batch));
                     }
                 }
+                Output::PersistAccept {
+                    regency,
+                    cid,
+                    digest,
+                } => {
+                    if self.auto_persist[at] {
+                        self.accept_persisted(at, regency, cid, digest);
+                    } else {
+                        self.unpersisted_accepts[at].push((regency, cid, digest));
+                    }
+                }
                 Output::Deliver(d) => {
                     for r in d.fresh_requests() {
                         self.apps[at].push((r.client.0, r.seq, r.payload.clone()));
@@ -210,6 +226,13 @@ impl Net {
         self.handle(at, out);
     }
 
+    fn accept_persisted(&mut self, at: usize, regency: u32, cid: u64, digest: wire::Digest) {
+        self.disks[at].accepts.push((regency, cid, digest));
+        let mut out = Vec::new();
+        self.replicas[at].on_accept_persisted(regency, cid, digest, &mut out);
+        self.handle(at, out);
+    }
+
     fn regency_persisted(&mut self, at: usize, regency: u32) {
         self.disks[at].regency = self.disks[at].regency.max(regency);
         let mut out = Vec::new();
@@ -226,6 +249,9 @@ impl Net {
         for regency in std::mem::take(&mut self.unpersisted_regencies[at]) {
             self.regency_persisted(at, regency);
         }
+        for (regency, cid, digest) in std::mem::take(&mut self.unpersisted_accepts[at]) {
+            self.accept_persisted(at, regency, cid, digest);
+        }
     }
 
     /// Restarts crashed replica `r` from its durable records, as the host
@@ -237,6 +263,7 @@ impl Net {
         assert!(self.down[at], "restart a crashed replica");
         self.unpersisted[at].clear();
         self.unpersisted_regencies[at].clear();
+        self.unpersisted_accepts[at].clear();
         let disk = self.disks[at].clone();
         let mut clients = control::ClientTable::default();
         for d in &self.decisions[at] {
@@ -265,6 +292,11 @@ impl Net {
         open.sort_by_key(|p| (p.1, p.0));
         for (reg, cid, batch) in open {
             core.recover_vote(*reg, *cid, batch.clone());
+        }
+        for &(reg, cid, digest) in &disk.accepts {
+            if cid > last {
+                core.recover_accept(reg, cid, digest);
+            }
         }
         core.mark_restarted();
         self.replicas[at] = core;
