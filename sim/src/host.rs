@@ -47,11 +47,11 @@ const VERIFIER_CACHE: usize = 1024;
 pub struct Proxy {
     /// (client index, op id, command) waiting for a window slot.
     queue: VecDeque<(usize, OpId, Command)>,
-    /// Outstanding requests by seq: the callers, in command order.
-    outstanding: BTreeMap<u64, Vec<(usize, OpId)>>,
+    /// Outstanding requests by seq: the callers, in command order
+    /// (`node::proxy`, shared with bftd's proxy; time in ticks).
+    outstanding: node::proxy::Outstanding<Vec<(usize, OpId)>>,
     /// The seq of the next request.
     pub next_seq: u64,
-    window: usize,
     bundle_ops_max: usize,
 }
 
@@ -60,9 +60,8 @@ impl Proxy {
         assert!(window >= 1 && window as u64 <= control::clients::WINDOW);
         Self {
             queue: VecDeque::new(),
-            outstanding: BTreeMap::new(),
+            outstanding: node::proxy::Outstanding::new(window),
             next_seq: 1,
-            window,
             bundle_ops_max,
         }
     }
@@ -75,7 +74,7 @@ impl Proxy {
     /// Every caller waiting (queued or in a request), emptied.
     fn drain_callers(&mut self) -> Vec<(usize, OpId)> {
         let mut all: Vec<(usize, OpId)> = self.queue.drain(..).map(|(c, o, _)| (c, o)).collect();
-        for (_, callers) in std::mem::take(&mut self.outstanding) {
+        for callers in self.outstanding.drain() {
             all.extend(callers);
         }
         all
@@ -91,6 +90,8 @@ pub struct HostStats {
     pub accepted: u64,
     /// Requests the proxy sent.
     pub requests_sent: u64,
+    /// Overdue requests the proxy sent again.
+    pub requests_resent: u64,
     /// Times the replica crashed.
     pub crashes: u64,
     /// Checkpoints taken after a decision.
@@ -203,15 +204,13 @@ impl Host {
 
     /// Sends queued operations as requests while the window has room.
     pub fn flush_proxy(&mut self, env: &mut Env) {
-        while !self.proxy.queue.is_empty() && self.proxy.outstanding.len() < self.proxy.window {
+        while !self.proxy.queue.is_empty() && !self.proxy.outstanding.is_full() {
             let take = self.proxy.bundle_ops_max.min(self.proxy.queue.len());
             let items: Vec<_> = self.proxy.queue.drain(..take).collect();
             let commands: Vec<Command> = items.iter().map(|(_, _, c)| c.clone()).collect();
             let seq = self.proxy.next_seq;
             self.proxy.next_seq += 1;
-            self.proxy
-                .outstanding
-                .insert(seq, items.into_iter().map(|(c, o, _)| (c, o)).collect());
+            let callers = items.iter().map(|(c, o, _)| (*c, *o)).collect();
             let payload = kv::command::encode_batch(&commands);
             let request = Request::new(
                 ClientId::of_replica(self.id),
@@ -220,6 +219,9 @@ impl Host {
                 Signature::PENDING,
             );
             let signed = self.signer.sign_request(request);
+            self.proxy
+                .outstanding
+                .insert(seq, callers, signed.clone(), env.now);
             self.stats.requests_sent += 1;
             let msg = Message::Request(signed.get().clone());
             self.view = View::of(&self.core);
@@ -409,6 +411,20 @@ impl Host {
 
     /// One tick of the replica's clock.
     pub fn tick(&mut self, env: &mut Env) {
+        // Overdue own requests go to every replica again (as bftd's
+        // control thread does on its tick).
+        let retry = 2 * self.cfg.request_timeout_ticks;
+        for signed in self.proxy.outstanding.overdue(env.now, retry) {
+            self.stats.requests_resent += 1;
+            let msg = Message::Request(signed.get().clone());
+            self.view = View::of(&self.core);
+            for to in self.others() {
+                self.emit(env, to, msg.clone());
+            }
+            let mut out = Vec::new();
+            self.core.on_request(signed, &mut out);
+            self.carry_out(env, &mut out);
+        }
         let mut out = Vec::new();
         self.core.on_tick(&mut out);
         self.carry_out(env, &mut out);
@@ -423,7 +439,7 @@ impl Host {
         for r in d.fresh_requests() {
             let own = r.client == me;
             let callers = if own {
-                self.proxy.outstanding.remove(&r.seq)
+                self.proxy.outstanding.take(r.seq)
             } else {
                 None
             };
@@ -532,15 +548,12 @@ impl Host {
         let state = self.store.state_digest();
         env.checker.on_install(env.now, self.id, info.cid, state);
         let me = ClientId::of_replica(self.id);
-        let skipped: Vec<u64> = self
+        let skipped = self
             .proxy
             .outstanding
-            .keys()
-            .copied()
-            .filter(|&seq| clients.is_executed(me, seq))
-            .collect();
-        for seq in skipped {
-            for (client, op) in self.proxy.outstanding.remove(&seq).expect("listed") {
+            .take_executed(|seq| clients.is_executed(me, seq));
+        for (_, callers) in skipped {
+            for (client, op) in callers {
                 self.stats.ops_indeterminate += 1;
                 env.abandon(client, op);
             }

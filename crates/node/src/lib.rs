@@ -14,6 +14,8 @@
 //!   acknowledgements the disk owes the core;
 //! - [`exec`]: executing a decided request on the kv store, and taking a
 //!   checkpoint after a decision;
+//! - [`proxy`]: the proxy's book of outstanding requests (sent again when
+//!   overdue);
 //! - [`restore`]: restarting from what `storage` recovered: the newest
 //!   checkpoint, the decisions after it re-executed, the votes of open
 //!   instances given back to the core, the core told it restarted.
@@ -25,6 +27,7 @@
 pub mod carry;
 pub mod exec;
 pub mod log;
+pub mod proxy;
 pub mod restore;
 
 pub use carry::{carry_out, Host};

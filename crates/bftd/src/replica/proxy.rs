@@ -31,7 +31,6 @@
 //! their timeout too). Copies are harmless: the de-duplication table
 //! executes a (client, seq) once.
 
-use std::collections::HashMap;
 use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,6 +38,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use kv::pb::bftdkv::Command;
 use kv::{KvError, Response};
+use node::proxy::Outstanding;
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 use wire::{ClientId, Request, Signature, Signer, Verified};
@@ -89,21 +89,15 @@ struct Combiner {
     bundle_ops_max: usize,
 }
 
-/// One outstanding request: its callers, the signed request (to send
-/// again) and when it was last sent.
-struct Outstanding {
-    replies: Vec<Reply>,
-    request: Verified<Request>,
-    sent_at: Instant,
-}
-
 /// The proxy's shared state (see the module docs).
 pub struct Proxy {
     queue_tx: Sender<Submission>,
     queue: Receiver<Submission>,
     combiner: Mutex<Combiner>,
-    /// Outstanding requests, by seq.
-    by_seq: Mutex<HashMap<u64, Outstanding>>,
+    /// Outstanding requests, by seq (`node::proxy`, shared with the
+    /// simulator's proxy); time in ms since `epoch`.
+    by_seq: Mutex<Outstanding<Vec<Reply>>>,
+    epoch: Instant,
     /// Requests handed to control and not yet answered (`<= window`).
     outstanding: AtomicUsize,
     /// Requests outstanding at most.
@@ -148,7 +142,8 @@ impl Proxy {
                 bundle: Vec::with_capacity(bundle_ops_max),
                 bundle_ops_max,
             }),
-            by_seq: Mutex::new(HashMap::with_capacity(window)),
+            by_seq: Mutex::new(Outstanding::new(window)),
+            epoch: Instant::now(),
             outstanding: AtomicUsize::new(0),
             window,
             to_control,
@@ -185,7 +180,7 @@ impl Proxy {
     /// when it answers it), frees its window slot, and bundles what waited
     /// for the slot.
     pub fn take(&self, seq: u64) -> Option<Vec<Reply>> {
-        let replies = self.by_seq.lock().remove(&seq)?.replies;
+        let replies = self.by_seq.lock().take(seq)?;
         let before = self.outstanding.fetch_sub(1, Ordering::SeqCst);
         assert!(before > 0, "an answered request held a slot");
         fence(Ordering::SeqCst);
@@ -197,14 +192,13 @@ impl Proxy {
     /// `executed(seq)` holds (state transfer installed a checkpoint that
     /// already includes them), freeing their slots.
     pub fn take_executed(&self, executed: impl Fn(u64) -> bool) -> Vec<Vec<Reply>> {
-        let taken: Vec<Vec<Reply>> = {
-            let mut by_seq = self.by_seq.lock();
-            let seqs: Vec<u64> = by_seq.keys().copied().filter(|&s| executed(s)).collect();
-            seqs.iter()
-                .filter_map(|s| by_seq.remove(s))
-                .map(|o| o.replies)
-                .collect()
-        };
+        let taken: Vec<Vec<Reply>> = self
+            .by_seq
+            .lock()
+            .take_executed(executed)
+            .into_iter()
+            .map(|(_, replies)| replies)
+            .collect();
         for _ in &taken {
             let before = self.outstanding.fetch_sub(1, Ordering::SeqCst);
             assert!(before > 0, "an answered request held a slot");
@@ -214,21 +208,16 @@ impl Proxy {
         taken
     }
 
-    /// The outstanding requests last sent more than `after` before `now`,
+    /// The outstanding requests last sent `after` or longer before `now`,
     /// oldest seq first (at most the window), marked as sent again at
     /// `now`: the control thread sends them to every replica again.
     pub fn overdue(&self, now: Instant, after: Duration) -> Vec<Verified<Request>> {
-        let mut by_seq = self.by_seq.lock();
-        let mut due: Vec<(u64, Verified<Request>)> = by_seq
-            .iter_mut()
-            .filter(|(_, o)| now.saturating_duration_since(o.sent_at) >= after)
-            .map(|(seq, o)| {
-                o.sent_at = now;
-                (*seq, o.request.clone())
-            })
-            .collect();
-        due.sort_by_key(|(seq, _)| *seq);
-        due.into_iter().map(|(_, r)| r).collect()
+        let now_ms = now.saturating_duration_since(self.epoch).as_millis() as u64;
+        self.by_seq.lock().overdue(now_ms, after.as_millis() as u64)
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
     }
 
     /// Bundles queued operations if no one else is. Bounded: each pass
@@ -280,14 +269,8 @@ impl Proxy {
         let signed = c
             .signer
             .sign_request(Request::new(client, seq, payload, Signature::PENDING));
-        self.by_seq.lock().insert(
-            seq,
-            Outstanding {
-                replies,
-                request: signed.clone(),
-                sent_at: Instant::now(),
-            },
-        );
+        let now = self.now_ms();
+        self.by_seq.lock().insert(seq, replies, signed.clone(), now);
         let before = self.outstanding.fetch_add(1, Ordering::SeqCst);
         assert!(
             before < self.window,
@@ -306,7 +289,7 @@ impl Proxy {
                 // The control thread stopped: so does the replica. The
                 // callers see their reply channels close.
                 self.stopped.store(true, Ordering::SeqCst);
-                self.by_seq.lock().remove(&seq);
+                self.by_seq.lock().take(seq);
                 self.outstanding.fetch_sub(1, Ordering::SeqCst);
             }
         }
