@@ -1572,7 +1572,10 @@ fn deletes_and_compaction_are_allowed_over_the_quota_and_free_space() {
     // A DeleteRange is never refused, though its tombstone takes the
     // size above the quota.
     assert_eq!(del(&mut s, "k1", "k3").deleted, 2);
-    assert_eq!(s.size_bytes(), 4 * ENTRY_1K + 2 * (2 + kv::ENTRY_OVERHEAD_BYTES));
+    assert_eq!(
+        s.size_bytes(),
+        4 * ENTRY_1K + 2 * (2 + kv::ENTRY_OVERHEAD_BYTES)
+    );
     assert!(s.size_bytes() > s.quota_bytes());
     assert_refused(&mut s, put_req("s", "").into(), KvError::NoSpace);
     // Compaction drops the deleted keys' history: two puts, two tombstones.
@@ -1616,10 +1619,8 @@ fn the_tracked_size_survives_snapshot_and_restore() {
     let size = s.size_bytes();
     // Counted from scratch: k1 "short" (older versions compacted), k2
     // gone, k3 twice (1000 bytes and empty), k4 once.
-    let want = (2 + 5 + kv::ENTRY_OVERHEAD_BYTES)
-        + ENTRY_1K
-        + (2 + kv::ENTRY_OVERHEAD_BYTES)
-        + ENTRY_1K;
+    let want =
+        (2 + 5 + kv::ENTRY_OVERHEAD_BYTES) + ENTRY_1K + (2 + kv::ENTRY_OVERHEAD_BYTES) + ENTRY_1K;
     assert_eq!(size, want);
     let mut r = Store::restore(&s.snapshot()).unwrap();
     assert_eq!(r.size_bytes(), size);
