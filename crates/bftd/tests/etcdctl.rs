@@ -235,3 +235,56 @@ fn writes_past_the_space_quota_fail_with_nospace_until_delete_and_compaction_fre
     assert_eq!(ok_etcdctl(&ep[1], &["put", "small", "x"]).trim(), "OK");
     c.wait_converged(Duration::from_secs(20));
 }
+
+/// The quota is configuration, not part of a checkpoint: a wiped replica
+/// refilled by state transfer must set it on the installed store, or it
+/// would accept the writes the others refuse and its state would diverge.
+#[test]
+fn a_replica_refilled_by_state_transfer_refuses_the_same_writes_over_the_quota() {
+    let value = "v".repeat(4096 - 3 - kv::ENTRY_OVERHEAD_BYTES as usize);
+    let o = Opts {
+        quota_backend_bytes: Some(64 << 10),
+        ..Opts::new(4)
+    };
+    // Opts::new's fast checkpoint_period (64) and the default
+    // instance_window (64): the others keep the newest 2 x 64 + 64
+    // decisions (control::Config::decision_log_max); older ones only as a
+    // checkpoint.
+    let decisions_kept = 2 * 64 + 64;
+    let mut c = Cluster::start_with("quota-st", o);
+    let ep = c.endpoints();
+    for i in 0..16 {
+        ok_etcdctl(&ep[i % 3], &["put", &format!("k{i:02}"), &value]);
+    }
+    c.kill(3);
+    let dir = c.config.data_dir(3);
+    std::fs::remove_dir_all(&dir).unwrap_or_else(|e| panic!("remove {}: {e}", dir.display()));
+    // Refused writes are decisions too: enough of them that the wiped
+    // replica can only catch up by state transfer of a checkpoint.
+    for i in 0..decisions_kept + 64 + 8 {
+        let (ok, out) = etcdctl(&ep[i % 3], &["put", "small", "x"], None);
+        assert!(!ok && out.contains("database space exceeded"), "{out}");
+    }
+    c.start_replica(3);
+    c.wait_serving(3, Duration::from_secs(30));
+    let (rev, _) = c.wait_converged(Duration::from_secs(30));
+    assert_eq!(rev, 17);
+    // The log line follows the install's status update: poll for it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(c.log_path(3))
+        .unwrap()
+        .contains("installed a checkpoint from state transfer")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "replica 3 did not catch up by state transfer:\n{}",
+            c.log_tail(3)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Its own client's write is refused by its own execution too.
+    let (ok, out) = etcdctl(&ep[3], &["put", "small", "x"], None);
+    assert!(!ok && out.contains("database space exceeded"), "{out}");
+    let (rev, _) = c.wait_converged(Duration::from_secs(20));
+    assert_eq!(rev, 17);
+}
