@@ -63,8 +63,13 @@ pub trait Backend: Send + Sync + 'static {
     fn hash_kv(&self, revision: i64) -> Result<(u32, i64), KvError>;
     /// Maintenance.Hash.
     fn hash(&self) -> u32;
-    /// (revision, approximate size in bytes) of the local store.
+    /// (revision, size in bytes) of the local store: `kv::Store::revision`
+    /// and `kv::Store::size_bytes` (the size the space quota counts).
     fn store_size(&self) -> (i64, i64);
+    /// The local store's space quota, bytes (`kv::Store::quota_bytes`, the
+    /// cluster's `[protocol] quota_backend_bytes`): Maintenance.Alarm
+    /// reports NOSPACE while the size is at or above it.
+    fn quota_bytes(&self) -> u64;
     fn progress(&self) -> Progress;
     fn cluster(&self) -> &ClusterInfo;
     /// Records the latency of one API call (for metrics); no-op by default.

@@ -1,5 +1,6 @@
 //! etcd v3 gRPC services over a [`Backend`]: KV (Range, Put, DeleteRange,
-//! Txn, Compact), Maintenance (Status, Hash, HashKV, Alarm) and Cluster
+//! Txn, Compact), Maintenance (Status, Hash, HashKV, Alarm: NOSPACE derived
+//! from the store's space quota) and Cluster
 //! (MemberList). Package `etcdserverpb`, etcd's field numbers; services and
 //! methods not served here answer UNIMPLEMENTED (tonic's router does so for
 //! unknown paths).
@@ -259,21 +260,78 @@ impl<B: Backend> Kv for EtcdApi<B> {
     }
 }
 
+impl<B: Backend> EtcdApi<B> {
+    /// The alarms raised now: NOSPACE for every member while the store's
+    /// size is at or above its quota (every replica applies the same
+    /// commands with the same quota, so every member is in that state at
+    /// this revision), none otherwise. Returns the store revision too.
+    fn alarms(&self) -> (i64, Vec<AlarmMember>) {
+        let (rev, size) = self.backend.store_size();
+        let full = u64::try_from(size).unwrap_or(0) >= self.backend.quota_bytes();
+        let alarms = if full {
+            self.backend
+                .cluster()
+                .members
+                .iter()
+                .map(|m| AlarmMember {
+                    member_id: m.id,
+                    alarm: AlarmType::Nospace as i32,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        (rev, alarms)
+    }
+}
+
 #[tonic::async_trait]
 impl<B: Backend> Maintenance for EtcdApi<B> {
-    async fn alarm(&self, _req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
-        let (rev, _) = self.backend.store_size();
+    /// etcd's Maintenance.Alarm, with the alarm derived from the state.
+    ///
+    /// etcd raises a NOSPACE alarm when a member's backend passes its
+    /// quota and refuses writes until an operator disarms it (`etcdctl
+    /// alarm disarm`, after compacting and defragmenting). In bftd the
+    /// alarm is not stored: it is raised exactly while the replicated
+    /// store's size (`kv::Store::size_bytes`) is at or above its quota,
+    /// for every member, and writes are refused by the store itself (a
+    /// deterministic part of executing each command, so every replica
+    /// refuses the same ones). Compaction brings the size down and clears
+    /// it; nothing needs disarming.
+    ///
+    /// So every action answers with the alarms raised now: GET lists them;
+    /// DEACTIVATE (disarm) and ACTIVATE change nothing. As in etcd the
+    /// list is filtered by `alarm` (NONE: all types) and, for DEACTIVATE
+    /// and ACTIVATE, by `member_id` (0: all members).
+    async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+        let req = req.into_inner();
+        let (rev, mut alarms) = self.alarms();
+        let get = req.action == alarm_request::AlarmAction::Get as i32;
+        alarms.retain(|a| {
+            (req.alarm == AlarmType::None as i32 || req.alarm == a.alarm)
+                && (get || req.member_id == 0 || req.member_id == a.member_id)
+        });
         Ok(Response::new(AlarmResponse {
             header: Some(self.header(rev)),
-            alarms: vec![],
+            alarms,
         }))
     }
 
+    /// etcd's Maintenance.Status. `db_size` and `db_size_in_use` are the
+    /// store's size as its space quota counts it (`kv::Store::size_bytes`);
+    /// `errors` lists the raised alarms as etcd does.
     async fn status(
         &self,
         _req: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
         let (rev, size) = self.backend.store_size();
+        let (_, alarms) = self.alarms();
+        // As etcd: each raised alarm in `errors`, in the Go text form of
+        // the AlarmMember ("memberID:<id> alarm:NOSPACE ").
+        let errors = alarms
+            .iter()
+            .map(|a| format!("memberID:{} alarm:NOSPACE ", a.member_id))
+            .collect();
         let p = self.backend.progress();
         Ok(Response::new(StatusResponse {
             header: Some(self.header(rev)),
@@ -283,7 +341,7 @@ impl<B: Backend> Maintenance for EtcdApi<B> {
             raft_index: p.last_decided_cid,
             raft_term: p.regency,
             raft_applied_index: p.last_applied_cid,
-            errors: vec![],
+            errors,
             db_size_in_use: size,
             is_learner: false,
             ..Default::default()
@@ -340,5 +398,165 @@ impl<B: Backend> Cluster for EtcdApi<B> {
             header: Some(self.header(rev)),
             members,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{ClusterInfo, MemberInfo, Progress};
+    use std::sync::Mutex;
+
+    /// A backend over one local store: submitted commands apply at once.
+    struct OneStore {
+        store: Mutex<kv::Store>,
+        cluster: ClusterInfo,
+    }
+
+    impl Backend for OneStore {
+        fn submit(
+            &self,
+            command: Command,
+        ) -> Result<tokio::sync::oneshot::Receiver<Result<kv::Response, KvError>>, SubmitError>
+        {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let _ = tx.send(self.store.lock().unwrap().apply(&command));
+            Ok(rx)
+        }
+        fn validate(&self, command: &Command) -> Result<(), KvError> {
+            self.store.lock().unwrap().validate(command)
+        }
+        fn read_local(&self, command: &Command) -> Result<kv::Response, KvError> {
+            self.store.lock().unwrap().execute_read_only(command)
+        }
+        fn hash_kv(&self, revision: i64) -> Result<(u32, i64), KvError> {
+            self.store.lock().unwrap().hash_kv(revision)
+        }
+        fn hash(&self) -> u32 {
+            self.store.lock().unwrap().hash()
+        }
+        fn store_size(&self) -> (i64, i64) {
+            let s = self.store.lock().unwrap();
+            (s.revision(), s.size_bytes() as i64)
+        }
+        fn quota_bytes(&self) -> u64 {
+            self.store.lock().unwrap().quota_bytes()
+        }
+        fn progress(&self) -> Progress {
+            Progress::default()
+        }
+        fn cluster(&self) -> &ClusterInfo {
+            &self.cluster
+        }
+    }
+
+    fn api(quota_bytes: u64) -> EtcdApi<OneStore> {
+        let mut store = kv::Store::new();
+        store.set_quota_bytes(quota_bytes);
+        let member = |id| MemberInfo {
+            id,
+            name: format!("m{id}"),
+            peer_urls: vec![],
+            client_urls: vec![],
+        };
+        let backend = OneStore {
+            store: Mutex::new(store),
+            cluster: ClusterInfo {
+                cluster_id: 7,
+                member_id: 11,
+                members: vec![member(11), member(12)],
+            },
+        };
+        EtcdApi::new(Arc::new(backend), ApiLimits::default())
+    }
+
+    async fn alarms(
+        api: &EtcdApi<OneStore>,
+        action: i32,
+        alarm: i32,
+        member_id: u64,
+    ) -> Vec<(u64, i32)> {
+        let r = Maintenance::alarm(
+            api,
+            Request::new(AlarmRequest {
+                action,
+                member_id,
+                alarm,
+            }),
+        )
+        .await
+        .unwrap()
+        .into_inner();
+        r.alarms.iter().map(|a| (a.member_id, a.alarm)).collect()
+    }
+
+    fn put(k: &str, value_bytes: usize) -> PutRequest {
+        PutRequest {
+            key: k.into(),
+            value: vec![b'x'; value_bytes],
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn alarm_lists_nospace_for_every_member_while_the_store_is_at_its_quota() {
+        use alarm_request::AlarmAction;
+        let get = AlarmAction::Get as i32;
+        let none = AlarmType::None as i32;
+        let nospace = AlarmType::Nospace as i32;
+        let entry = 2 + 1000 + kv::ENTRY_OVERHEAD_BYTES;
+        let api = api(2 * entry);
+        assert_eq!(alarms(&api, get, none, 0).await, vec![]);
+        Kv::put(&api, Request::new(put("k1", 1000))).await.unwrap();
+        Kv::put(&api, Request::new(put("k2", 1000))).await.unwrap();
+        // At the quota: NOSPACE for both members, and writes are refused
+        // with etcd's status.
+        assert_eq!(
+            alarms(&api, get, none, 0).await,
+            vec![(11, nospace), (12, nospace)]
+        );
+        let e = Kv::put(&api, Request::new(put("k3", 0))).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(e.message(), "etcdserver: mvcc: database space exceeded");
+        // Status reports the tracked size and the alarms.
+        let st = Maintenance::status(&api, Request::new(StatusRequest {}))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(st.db_size, (2 * entry) as i64);
+        assert_eq!(st.errors.len(), 2);
+        assert!(st.errors[0].contains("alarm:NOSPACE"), "{:?}", st.errors);
+        // Filters: by type, and by member for DEACTIVATE; disarming is a
+        // no-op answered with the raised alarms.
+        assert_eq!(
+            alarms(&api, get, AlarmType::Corrupt as i32, 0).await,
+            vec![]
+        );
+        let disarm = AlarmAction::Deactivate as i32;
+        assert_eq!(alarms(&api, disarm, nospace, 12).await, vec![(12, nospace)]);
+        assert_eq!(alarms(&api, get, none, 0).await.len(), 2);
+        // Delete and compact: the alarm clears, writes work again.
+        Kv::delete_range(
+            &api,
+            Request::new(DeleteRangeRequest {
+                key: "k".into(),
+                range_end: "l".into(),
+                prev_kv: false,
+            }),
+        )
+        .await
+        .unwrap();
+        let (rev, _) = api.backend.store_size();
+        Kv::compact(
+            &api,
+            Request::new(CompactionRequest {
+                revision: rev,
+                physical: false,
+            }),
+        )
+        .await
+        .unwrap();
+        assert_eq!(alarms(&api, get, none, 0).await, vec![]);
+        Kv::put(&api, Request::new(put("k3", 1000))).await.unwrap();
     }
 }

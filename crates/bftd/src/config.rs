@@ -90,7 +90,19 @@ pub struct Protocol {
     pub throughput_min_pct: u64,
     #[serde(default = "defaults::checkpoint_period")]
     pub checkpoint_period: u64,
+    /// Space quota of the kv store, bytes of `kv::Store::size_bytes`
+    /// (etcd's `--quota-backend-bytes`; 0 = etcd's default, 2 GiB; at most
+    /// [`QUOTA_BACKEND_BYTES_MAX`]). A protocol constant: whether a write
+    /// is refused with "database space exceeded" depends on it, so every
+    /// replica must use the same value or their states diverge.
+    #[serde(default = "defaults::quota_backend_bytes")]
+    pub quota_backend_bytes: u64,
 }
+
+/// Largest `[protocol] quota_backend_bytes`: 64 GiB (etcd suggests at most
+/// 8 GiB for bbolt; bftd keeps the whole store in memory and snapshots it
+/// at every checkpoint, so the limit is what a replica's memory holds).
+pub const QUOTA_BACKEND_BYTES_MAX: u64 = 64 << 30;
 
 /// Defaults of fields added after the first config format, so older
 /// config files still load (the values of `configs/default.toml`).
@@ -136,6 +148,9 @@ mod defaults {
     }
     pub fn checkpoint_period() -> u64 {
         1024
+    }
+    pub fn quota_backend_bytes() -> u64 {
+        kv::DEFAULT_QUOTA_BACKEND_BYTES
     }
     pub fn pipeline_batch_min() -> usize {
         16
@@ -368,6 +383,13 @@ impl ClusterConfig {
                     "[protocol] {name} = {v} is above its maximum {max}"
                 ));
             }
+        }
+        if p.quota_backend_bytes > QUOTA_BACKEND_BYTES_MAX {
+            return invalid(format!(
+                "[protocol] quota_backend_bytes = {} is above its maximum {QUOTA_BACKEND_BYTES_MAX} \
+                 (64 GiB)",
+                p.quota_backend_bytes
+            ));
         }
         self.control_config(0)
             .validate()
@@ -642,6 +664,8 @@ mod tests {
         assert_eq!(p.throughput_min_pct, defaults::throughput_min_pct());
         assert_eq!(p.checkpoint_period, defaults::checkpoint_period());
         assert_eq!(p.pipeline_batch_min, defaults::pipeline_batch_min());
+        assert_eq!(p.quota_backend_bytes, defaults::quota_backend_bytes());
+        assert_eq!(p.quota_backend_bytes, 2 << 30);
         assert_eq!(t.dataplane.threads, defaults::threads());
         assert_eq!(t.dataplane.io, defaults::io());
         let a = &t.api;
@@ -680,6 +704,7 @@ mod tests {
                 ![
                     "request_timeout_ms",
                     "checkpoint_period",
+                    "quota_backend_bytes",
                     "threads =",
                     "io =",
                 ]
@@ -748,5 +773,16 @@ mod tests {
         c.protocol.pending_requests_max = 8; // below n x the per-client share
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("pending_requests_max (8) must be >="), "{err}");
+        let mut c = four();
+        c.protocol.quota_backend_bytes = QUOTA_BACKEND_BYTES_MAX + 1;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("quota_backend_bytes = 68719476737 is above"),
+            "{err}"
+        );
+        c.protocol.quota_backend_bytes = QUOTA_BACKEND_BYTES_MAX;
+        c.validate().unwrap();
+        c.protocol.quota_backend_bytes = 0; // etcd's default
+        c.validate().unwrap();
     }
 }

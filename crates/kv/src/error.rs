@@ -88,12 +88,19 @@ pub enum KvError {
         "bftd: range response too large (above range_response_bytes_max); page it with a limit"
     )]
     ResponseTooLarge,
+    /// A Put, or a Txn that writes, would leave the store's size
+    /// ([`crate::Store::size_bytes`]) above its space quota
+    /// ([`crate::Store::quota_bytes`]); the write is refused and changes
+    /// nothing (etcd `ErrGRPCNoSpace`, ResourceExhausted). DeleteRange and
+    /// Compaction are never refused: compaction frees the space.
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
 }
 
 impl KvError {
     /// The gRPC status code etcd v3.5 returns with this error
     /// (`google.rpc.Code` numbering: 3 InvalidArgument, 5 NotFound,
-    /// 11 OutOfRange).
+    /// 8 ResourceExhausted, 11 OutOfRange, 13 Internal, 14 Unavailable).
     pub fn grpc_code(&self) -> i32 {
         match self {
             KvError::Compacted | KvError::FutureRevision => grpc_code::OUT_OF_RANGE,
@@ -109,7 +116,7 @@ impl KvError {
             | KvError::NotReadOnly => grpc_code::INVALID_ARGUMENT,
             KvError::UndecodableRequest => grpc_code::INTERNAL,
             KvError::OutcomeUnknown => grpc_code::UNAVAILABLE,
-            KvError::ResponseTooLarge => grpc_code::RESOURCE_EXHAUSTED,
+            KvError::ResponseTooLarge | KvError::NoSpace => grpc_code::RESOURCE_EXHAUSTED,
         }
     }
 }

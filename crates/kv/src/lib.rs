@@ -10,6 +10,8 @@
 //!   Compaction as etcd's `server/mvcc` and `etcdserver/apply.go` do them;
 //!   [`Store::validate`] is etcd's gRPC-side request checking.
 //! - [`KvError`]: etcd's error strings and gRPC codes.
+//! - The space quota (etcd's `--quota-backend-bytes`): [`Store::size_bytes`],
+//!   [`Store::set_quota_bytes`], [`KvError::NoSpace`].
 //! - [`command`]: the replicated [`Command`] and batch encoding.
 //! - Snapshots, the state digest and HashKV: [`Store::snapshot`],
 //!   [`Store::restore`], [`Store::state_digest`], [`Store::hash_kv`].
@@ -62,5 +64,8 @@ pub mod pb {
 pub use command::{decode_batch, encode_batch};
 pub use error::KvError;
 pub use pb::bftdkv::Command;
-pub use store::{Response, Store, DEFAULT_MAX_TXN_OPS, DEFAULT_RANGE_RESPONSE_BYTES_MAX};
+pub use store::{
+    Response, Store, DEFAULT_MAX_TXN_OPS, DEFAULT_QUOTA_BACKEND_BYTES,
+    DEFAULT_RANGE_RESPONSE_BYTES_MAX, ENTRY_OVERHEAD_BYTES,
+};
 pub use wire::{DecodeError, Digest};

@@ -13,7 +13,8 @@
 //! ```
 //!
 //! The encoding is a function of the logical state alone (no capacities,
-//! no configuration), so equal states give equal bytes and
+//! no configuration: neither the txn-ops limit nor the space quota), so
+//! equal states give equal bytes and
 //! [`Store::state_digest`] is the BLAKE3 digest of [`Store::snapshot`].
 
 use std::collections::BTreeMap;
@@ -23,7 +24,9 @@ use wire::hash::{Digest, Hasher};
 use wire::DecodeError;
 
 use crate::error::KvError;
-use crate::store::{Entry, Event, History, PutEvent, Revision, Store, DEFAULT_MAX_TXN_OPS};
+use crate::store::{
+    entry_bytes, Entry, Event, History, PutEvent, Revision, Store, DEFAULT_MAX_TXN_OPS,
+};
 
 const MAGIC: &[u8; 6] = b"bftdkv";
 const VERSION: u8 = 1;
@@ -212,7 +215,8 @@ impl Store {
     }
 
     /// A store from [`Store::snapshot`] bytes, with the default txn-ops
-    /// limit. See [`Store::restore_with_max_txn_ops`].
+    /// limit and the default space quota. See
+    /// [`Store::restore_with_max_txn_ops`].
     pub fn restore(bytes: &[u8]) -> Result<Store, DecodeError> {
         Self::restore_with_max_txn_ops(bytes, DEFAULT_MAX_TXN_OPS)
     }
@@ -222,7 +226,12 @@ impl Store {
     /// store's invariants (ascending keys and revisions, consistent
     /// versions, nothing below the compaction revision but one surviving
     /// put per key); any violation is an error, never a panic.
-    /// `restore(s.snapshot())` has the same [`Store::state_digest`] as `s`.
+    /// `restore(s.snapshot())` has the same [`Store::state_digest`] and
+    /// [`Store::size_bytes`] as `s` (the size is counted again from the
+    /// entries; the snapshot does not hold it). The space quota is
+    /// configuration, not state: the store gets the default
+    /// ([`crate::DEFAULT_QUOTA_BACKEND_BYTES`]); set the cluster's
+    /// with [`Store::set_quota_bytes`] before applying commands.
     /// Panics if `max_txn_ops` is 0.
     pub fn restore_with_max_txn_ops(
         bytes: &[u8],
@@ -245,6 +254,7 @@ impl Store {
         let key_count = r.count("keys", usize::MAX, KEY_BYTES_MIN)?;
         let mut keys: BTreeMap<Vec<u8>, History> = BTreeMap::new();
         let mut live_keys = 0usize;
+        let mut size_bytes = 0u64;
         let mut last_key: Option<&[u8]> = None;
         for _ in 0..key_count {
             let key = r.bytes("key", usize::MAX)?;
@@ -258,6 +268,10 @@ impl Store {
                 entries.push(decode_entry(&mut r)?);
             }
             check_history(&entries, current, compact)?;
+            size_bytes += entries
+                .iter()
+                .map(|e| entry_bytes(key, &e.event))
+                .sum::<u64>();
             if matches!(
                 entries.last(),
                 Some(Entry {
@@ -274,6 +288,7 @@ impl Store {
         store.current_revision = current;
         store.compact_revision = compact;
         store.live_keys = live_keys;
+        store.size_bytes = size_bytes;
         Ok(store)
     }
 

@@ -37,6 +37,25 @@ pub const DEFAULT_MAX_TXN_OPS: usize = 128;
 /// paginated lists kube-apiserver makes (500 objects a page by default).
 pub const DEFAULT_RANGE_RESPONSE_BYTES_MAX: usize = 64 * 1024 * 1024;
 
+/// Default space quota of a store, bytes of [`Store::size_bytes`]: etcd's
+/// default `--quota-backend-bytes` (`DefaultQuotaBytes`, 2 GiB).
+pub const DEFAULT_QUOTA_BACKEND_BYTES: u64 = 2 * 1024 * 1024 * 1024;
+
+/// Bytes [`Store::size_bytes`] counts for every stored history entry
+/// beside its key and value: etcd's estimate of a key's metadata in its
+/// quota check (`kvOverhead` in `etcdserver/quota.go`, 256).
+pub const ENTRY_OVERHEAD_BYTES: u64 = 256;
+
+/// What one history entry of `key` adds to [`Store::size_bytes`]: the key,
+/// the value (none for a tombstone) and [`ENTRY_OVERHEAD_BYTES`].
+pub(crate) fn entry_bytes(key: &[u8], event: &Event) -> u64 {
+    let value = match event {
+        Event::Put(p) => p.value.len(),
+        Event::Tombstone => 0,
+    };
+    key.len() as u64 + value as u64 + ENTRY_OVERHEAD_BYTES
+}
+
 /// The revision of one change: `main` is the store revision of the write
 /// transaction, `sub` the index of the change within it (etcd's
 /// `revision{main, sub}`).
@@ -96,15 +115,18 @@ impl History {
 
     /// Drops what no read at `rev` or later can see: every event below the
     /// newest one with `main <= rev`, and that one too if it is a
-    /// tombstone. Returns whether anything is left.
-    fn compact(&mut self, rev: i64) -> bool {
+    /// tombstone. Returns whether anything is left; adds the
+    /// [`entry_bytes`] of what it dropped to `freed`.
+    fn compact(&mut self, key: &[u8], rev: i64, freed: &mut u64) -> bool {
         let n = self.entries.partition_point(|e| e.rev.main <= rev);
         if let Some(last) = n.checked_sub(1) {
             let drop = match self.entries[last].event {
                 Event::Put(_) => last,
                 Event::Tombstone => last + 1,
             };
-            self.entries.drain(..drop);
+            for e in self.entries.drain(..drop) {
+                *freed += entry_bytes(key, &e.event);
+            }
         }
         !self.entries.is_empty()
     }
@@ -224,9 +246,16 @@ impl WriteTxn {
 /// - Compaction drops history below the compaction revision; reads below it
 ///   fail with [`KvError::Compacted`].
 ///
+/// - Space quota (etcd's `--quota-backend-bytes`): the store counts its
+///   size ([`Store::size_bytes`]); a Put or a writing Txn that would leave
+///   it above [`Store::quota_bytes`] fails with [`KvError::NoSpace`] and
+///   changes nothing. DeleteRange and Compaction always run; compaction
+///   frees space. See [`Store::set_quota_bytes`].
+///
 /// Deterministic: no clocks, randomness or hash-map order; equal command
 /// sequences give equal responses, [`Store::state_digest`]s and
-/// [`Store::snapshot`]s on every replica.
+/// [`Store::snapshot`]s on every replica (given the same quota and
+/// txn-ops limit).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Store {
     pub(crate) keys: BTreeMap<Vec<u8>, History>,
@@ -234,6 +263,9 @@ pub struct Store {
     pub(crate) compact_revision: i64,
     pub(crate) live_keys: usize,
     pub(crate) max_txn_ops: usize,
+    /// Sum of [`entry_bytes`] over every stored history entry.
+    pub(crate) size_bytes: u64,
+    pub(crate) quota_bytes: u64,
 }
 
 impl Default for Store {
@@ -244,7 +276,8 @@ impl Default for Store {
 
 impl Store {
     /// An empty store at revision 1, never compacted, accepting txns of up
-    /// to [`DEFAULT_MAX_TXN_OPS`] ops per level.
+    /// to [`DEFAULT_MAX_TXN_OPS`] ops per level, with a space quota of
+    /// [`DEFAULT_QUOTA_BACKEND_BYTES`].
     pub fn new() -> Self {
         Self::with_max_txn_ops(DEFAULT_MAX_TXN_OPS)
     }
@@ -260,6 +293,8 @@ impl Store {
             compact_revision: -1,
             live_keys: 0,
             max_txn_ops,
+            size_bytes: 0,
+            quota_bytes: DEFAULT_QUOTA_BACKEND_BYTES,
         }
     }
 
@@ -283,6 +318,53 @@ impl Store {
     /// The configured maximum number of ops per txn level.
     pub fn max_txn_ops(&self) -> usize {
         self.max_txn_ops
+    }
+
+    /// The store's size, bytes: over every retained history entry (puts
+    /// and tombstones of every key, down to the compaction revision), the
+    /// key's length plus the value's length plus [`ENTRY_OVERHEAD_BYTES`].
+    ///
+    /// A function of the logical state alone, kept up to date by every
+    /// write, rollback and compaction, and computed again by
+    /// [`Store::restore`], so it is equal on every replica in the same
+    /// state. It stands in for etcd's backend size (`Status.dbSize`) in
+    /// the space quota; unlike bbolt's file it shrinks on compaction at
+    /// once (no defragmentation).
+    pub fn size_bytes(&self) -> u64 {
+        self.size_bytes
+    }
+
+    /// The space quota, bytes of [`Store::size_bytes`] (see
+    /// [`Store::set_quota_bytes`]).
+    pub fn quota_bytes(&self) -> u64 {
+        self.quota_bytes
+    }
+
+    /// Sets the space quota (etcd's `--quota-backend-bytes`), bytes of
+    /// [`Store::size_bytes`]; 0 means [`DEFAULT_QUOTA_BACKEND_BYTES`], as in
+    /// etcd. A Put or a writing Txn that would leave the size above it
+    /// fails with [`KvError::NoSpace`].
+    ///
+    /// Whether a write is refused depends on the quota, so every replica
+    /// must apply the same commands with the same quota (in bftd it is a
+    /// `[protocol]` setting); set it before replaying or applying any
+    /// command. Lowering it below the current size refuses every further
+    /// write until compaction frees space; nothing stored is dropped.
+    pub fn set_quota_bytes(&mut self, quota_bytes: u64) {
+        self.quota_bytes = if quota_bytes == 0 {
+            DEFAULT_QUOTA_BACKEND_BYTES
+        } else {
+            quota_bytes
+        };
+    }
+
+    /// Whether the space alarm is raised: the size is at or above the
+    /// quota, so every Put and every writing Txn that adds an entry is
+    /// refused. The state of etcd's NOSPACE alarm, derived from the state
+    /// here (no separate alarm to disarm): it clears when compaction
+    /// brings the size below the quota.
+    pub fn space_alarm(&self) -> bool {
+        self.size_bytes >= self.quota_bytes
     }
 
     /// Checks a command as etcd's gRPC layer checks the request before
@@ -314,7 +396,10 @@ impl Store {
     /// ([`KvError::Compacted`]); Put with `ignore_value`/`ignore_lease` on a
     /// missing key ([`KvError::KeyNotFound`]) or with a lease
     /// ([`KvError::LeaseNotFound`]); the same for the ops on a Txn's
-    /// executed path; compaction errors as in [`Store::compact`].
+    /// executed path; compaction errors as in [`Store::compact`]; a Put or
+    /// a writing Txn that would leave [`Store::size_bytes`] above
+    /// [`Store::quota_bytes`] ([`KvError::NoSpace`]; checked after the
+    /// other errors, on the size the write would leave).
     pub fn apply(&mut self, cmd: &Command) -> Result<Response, KvError> {
         self.validate(cmd)?;
         match cmd.op.as_ref() {
@@ -728,7 +813,11 @@ impl Store {
                 .last()
                 .is_some_and(|e| e.rev.main == write_revision)
             {
-                history.entries.pop();
+                let e = history.entries.pop().expect("checked non-empty");
+                self.size_bytes = self
+                    .size_bytes
+                    .checked_sub(entry_bytes(key, &e.event))
+                    .expect("the size counts every stored entry");
             }
             if history.entries.is_empty() {
                 self.keys.remove(key);
@@ -747,6 +836,7 @@ impl Store {
         if let Some(last) = history.entries.last() {
             assert!(last.rev < rev, "history revisions must ascend");
         }
+        self.size_bytes += entry_bytes(key, &event);
         history.entries.push(Entry { rev, event });
         tx.changes += 1;
         tx.touched.push(key.to_vec());
@@ -843,6 +933,10 @@ impl Store {
         }
         let mut tx = WriteTxn::new(self.current_revision);
         match self.exec_put(&mut tx, p) {
+            Ok(_) if self.size_bytes > self.quota_bytes => {
+                self.rollback(tx);
+                Err(KvError::NoSpace)
+            }
             Ok(resp) => {
                 self.commit(tx);
                 Ok(resp)
@@ -877,6 +971,12 @@ impl Store {
         let mut tx = WriteTxn::new(begin);
         let mut cursor = 0;
         match self.exec_txn(&mut tx, t, &path, &mut cursor) {
+            // The quota, as etcd's capped applier: a txn that writes is
+            // refused when it would leave the store over its quota.
+            Ok(_) if self.size_bytes > self.quota_bytes => {
+                self.rollback(tx);
+                Err(KvError::NoSpace)
+            }
             Ok(mut resp) => {
                 assert_eq!(cursor, path.len(), "every nested txn on the path ran");
                 resp.header = header(tx.view_revision());
@@ -945,7 +1045,12 @@ impl Store {
         if revision > self.current_revision {
             return Err(KvError::FutureRevision);
         }
-        self.keys.retain(|_, h| h.compact(revision));
+        let mut freed = 0;
+        self.keys.retain(|k, h| h.compact(k, revision, &mut freed));
+        self.size_bytes = self
+            .size_bytes
+            .checked_sub(freed)
+            .expect("the size counts every stored entry");
         self.compact_revision = revision;
         Ok(CompactionResponse {
             header: header(self.current_revision),

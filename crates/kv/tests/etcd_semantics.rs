@@ -1484,3 +1484,155 @@ fn a_range_with_no_limit_above_the_response_cap_is_resource_exhausted() {
     // Nothing changed.
     assert_eq!(s.revision(), 101);
 }
+
+// ---- space quota (etcd --quota-backend-bytes) ------------------------------
+
+/// Bytes one put of a 2-byte key and a 1000-byte value adds to the size.
+const ENTRY_1K: u64 = 2 + 1000 + kv::ENTRY_OVERHEAD_BYTES;
+
+fn put_1k(k: &str) -> Command {
+    PutRequest {
+        key: k.into(),
+        value: vec![b'x'; 1000],
+        ..Default::default()
+    }
+    .into()
+}
+
+/// A store whose quota holds exactly four 1 KB puts, filled with three.
+fn store_with_room_for_one_more() -> Store {
+    let mut s = Store::new();
+    s.set_quota_bytes(4 * ENTRY_1K);
+    for k in ["k1", "k2", "k3"] {
+        s.apply(&put_1k(k)).expect("below the quota");
+    }
+    assert_eq!(s.size_bytes(), 3 * ENTRY_1K);
+    assert!(!s.space_alarm());
+    s
+}
+
+#[test]
+fn writes_beyond_the_space_quota_are_refused_with_nospace_and_change_nothing() {
+    let mut s = store_with_room_for_one_more();
+    // A txn of two puts does not fit as a whole: none of it is applied.
+    assert_refused(
+        &mut s,
+        TxnRequest {
+            success: vec![op_put("k4", &"x".repeat(1000)), op_put("k5", "")],
+            ..Default::default()
+        }
+        .into(),
+        KvError::NoSpace,
+    );
+    assert_eq!(one(&s, "k4"), None);
+    // One that lands exactly on the quota is accepted; the alarm is up.
+    s.apply(&put_1k("k4")).expect("exactly at the quota");
+    assert_eq!(s.size_bytes(), s.quota_bytes());
+    assert!(s.space_alarm());
+    assert_eq!(s.revision(), 5);
+    // Now every write that adds an entry is refused, however small: new
+    // keys, overwrites (they add history), txns with puts or deletes.
+    assert_refused(&mut s, put_req("s", "").into(), KvError::NoSpace);
+    assert_refused(&mut s, put_1k("k1"), KvError::NoSpace);
+    assert_refused(
+        &mut s,
+        TxnRequest {
+            success: vec![op_del("k1", "")],
+            ..Default::default()
+        }
+        .into(),
+        KvError::NoSpace,
+    );
+    // etcd's message and code, verbatim.
+    let e = s.apply(&put_1k("k9")).unwrap_err();
+    assert_eq!(e.to_string(), "etcdserver: mvcc: database space exceeded");
+    assert_eq!(e.grpc_code(), kv::error::grpc_code::RESOURCE_EXHAUSTED);
+    // Reads still work.
+    assert_eq!(keys(&get(&s, range_req("k", "l")).unwrap()).len(), 4);
+    assert!(txn(
+        &mut s,
+        TxnRequest {
+            success: vec![op_range("k1", "")],
+            ..Default::default()
+        }
+    )
+    .is_ok());
+    assert_eq!(s.revision(), 5);
+    // 0 means etcd's default of 2 GiB.
+    s.set_quota_bytes(0);
+    assert_eq!(s.quota_bytes(), 2 * 1024 * 1024 * 1024);
+    assert!(s.apply(&put_1k("k9")).is_ok());
+}
+
+#[test]
+fn deletes_and_compaction_are_allowed_over_the_quota_and_free_space() {
+    let mut s = store_with_room_for_one_more();
+    s.apply(&put_1k("k4")).unwrap();
+    assert!(s.space_alarm());
+    // A DeleteRange is never refused, though its tombstone takes the
+    // size above the quota.
+    assert_eq!(del(&mut s, "k1", "k3").deleted, 2);
+    assert_eq!(
+        s.size_bytes(),
+        4 * ENTRY_1K + 2 * (2 + kv::ENTRY_OVERHEAD_BYTES)
+    );
+    assert!(s.size_bytes() > s.quota_bytes());
+    assert_refused(&mut s, put_req("s", "").into(), KvError::NoSpace);
+    // Compaction drops the deleted keys' history: two puts, two tombstones.
+    let rev = s.revision();
+    s.apply(
+        &CompactionRequest {
+            revision: rev,
+            physical: false,
+        }
+        .into(),
+    )
+    .expect("compaction is never refused");
+    assert_eq!(s.size_bytes(), 2 * ENTRY_1K);
+    assert!(!s.space_alarm());
+    // Writes are accepted again, up to the quota.
+    s.apply(&put_1k("k5")).unwrap();
+    s.apply(&put_1k("k6")).unwrap();
+    assert!(s.space_alarm());
+    assert_refused(&mut s, put_1k("k7"), KvError::NoSpace);
+    // Compaction also frees the older versions of overwritten keys.
+    let mut t = store_with_room_for_one_more();
+    t.set_quota_bytes(10 * ENTRY_1K);
+    for _ in 0..7 {
+        t.apply(&put_1k("k1")).unwrap();
+    }
+    assert!(t.space_alarm());
+    let rev = t.revision();
+    t.compact(rev).unwrap();
+    assert_eq!(t.size_bytes(), 3 * ENTRY_1K);
+}
+
+#[test]
+fn the_tracked_size_survives_snapshot_and_restore() {
+    let mut s = store_with_room_for_one_more();
+    s.set_quota_bytes(20 * ENTRY_1K);
+    put(&mut s, "k1", "short");
+    del(&mut s, "k2", "");
+    s.apply(&put_1k("k4")).unwrap();
+    s.compact(s.revision() - 1).unwrap();
+    put(&mut s, "k3", "");
+    let size = s.size_bytes();
+    // Counted from scratch: k1 "short" (older versions compacted), k2
+    // gone, k3 twice (1000 bytes and empty), k4 once.
+    let want =
+        (2 + 5 + kv::ENTRY_OVERHEAD_BYTES) + ENTRY_1K + (2 + kv::ENTRY_OVERHEAD_BYTES) + ENTRY_1K;
+    assert_eq!(size, want);
+    let mut r = Store::restore(&s.snapshot()).unwrap();
+    assert_eq!(r.size_bytes(), size);
+    // The quota is configuration: a restored store has the default until
+    // it is set again, and then refuses exactly what the original does.
+    assert_eq!(r.quota_bytes(), kv::DEFAULT_QUOTA_BACKEND_BYTES);
+    s.set_quota_bytes(size + ENTRY_1K);
+    r.set_quota_bytes(size + ENTRY_1K);
+    assert_eq!(s, r);
+    for k in ["k5", "k6"] {
+        assert_eq!(s.apply(&put_1k(k)), r.apply(&put_1k(k)));
+    }
+    assert_eq!(r.apply(&put_1k("k7")), Err(KvError::NoSpace));
+    assert_eq!(s.snapshot(), r.snapshot());
+}

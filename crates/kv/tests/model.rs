@@ -741,6 +741,54 @@ proptest! {
         let restored = Store::restore(&s.snapshot()).unwrap();
         prop_assert_eq!(restored.snapshot(), s.snapshot());
         prop_assert_eq!(restored.key_count(), s.key_count());
+        prop_assert_eq!(restored.size_bytes(), s.size_bytes());
+    }
+
+    /// Under a quota a few writes above the seeded size, the same hostile
+    /// commands give the same results (NoSpace included) on two replicas
+    /// and on one restored midway with the quota set again; the tracked
+    /// size always equals the size counted from a snapshot; no accepted
+    /// Put or Txn leaves the size above the quota; a refusal changes
+    /// nothing.
+    #[test]
+    fn the_space_quota_refuses_the_same_writes_everywhere_and_the_size_matches_a_recount(
+        commands in prop::collection::vec(arb_any_command(), 1..40),
+        headroom in 0u64..2_000,
+        cut in 0usize..40,
+    ) {
+        let mut a = seeded_store();
+        let quota = a.size_bytes() + headroom;
+        a.set_quota_bytes(quota);
+        let mut b = a.clone();
+        let mut c: Option<Store> = None;
+        for (i, cmd) in commands.iter().enumerate() {
+            if i == cut.min(commands.len() - 1) {
+                let mut restored = Store::restore(&a.snapshot()).unwrap();
+                restored.set_quota_bytes(quota);
+                c = Some(restored);
+            }
+            let size = a.size_bytes();
+            let before = a.snapshot();
+            let ra = a.apply(cmd);
+            prop_assert_eq!(&ra, &b.apply(cmd));
+            if let Some(c) = c.as_mut() {
+                prop_assert_eq!(&ra, &c.apply(cmd));
+                prop_assert_eq!(c.size_bytes(), a.size_bytes());
+            }
+            let recount = Store::restore(&a.snapshot()).unwrap().size_bytes();
+            prop_assert_eq!(a.size_bytes(), recount);
+            match &ra {
+                Err(KvError::NoSpace) => {
+                    prop_assert_eq!(a.snapshot(), before);
+                    prop_assert_eq!(a.size_bytes(), size);
+                }
+                Ok(Response::Put(_)) | Ok(Response::Txn(_)) if !cmd.is_read_only() => {
+                    prop_assert!(a.size_bytes() <= quota);
+                }
+                _ => {}
+            }
+        }
+        prop_assert_eq!(a.snapshot(), b.snapshot());
     }
 
     /// Batches round-trip through encode/decode.

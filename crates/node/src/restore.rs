@@ -51,18 +51,44 @@ fn corrupt(what: String) -> RestoreError {
     RestoreError(what)
 }
 
-/// Rebuilds the replica's state from `rec`. `limits` bound what is decoded
-/// from the log (as from the network); `commands_max` is the executor's
-/// bound on commands per request.
+/// Rebuilds the replica's state from `rec`, with the kv store's default
+/// space quota (`kv::DEFAULT_QUOTA_BACKEND_BYTES`); see
+/// [`restore_with_quota`].
 ///
 /// # Errors
-/// A checkpoint, proposal or proof that does not decode, or decisions that
-/// jump or name a batch the log does not hold.
+/// As [`restore_with_quota`].
 pub fn restore(
     cfg: control::Config,
     rec: Recovered,
     limits: &Limits,
     commands_max: usize,
+) -> Result<Restored, RestoreError> {
+    restore_with_quota(
+        cfg,
+        rec,
+        limits,
+        commands_max,
+        kv::DEFAULT_QUOTA_BACKEND_BYTES,
+    )
+}
+
+/// Rebuilds the replica's state from `rec`. `limits` bound what is decoded
+/// from the log (as from the network); `commands_max` is the executor's
+/// bound on commands per request; `quota_backend_bytes` is the cluster's
+/// kv space quota (`kv::Store::set_quota_bytes`, 0 = default), set on the
+/// store before any logged decision is re-executed: whether a write was
+/// refused for space depends on it, so the replay must use the value the
+/// cluster ran with.
+///
+/// # Errors
+/// A checkpoint, proposal or proof that does not decode, or decisions that
+/// jump or name a batch the log does not hold.
+pub fn restore_with_quota(
+    cfg: control::Config,
+    rec: Recovered,
+    limits: &Limits,
+    commands_max: usize,
+    quota_backend_bytes: u64,
 ) -> Result<Restored, RestoreError> {
     let restarted = rec.checkpoint.is_some() || !rec.records.is_empty() || rec.regency > 0;
     let chunk_bytes = cfg.snapshot_chunk_bytes;
@@ -79,6 +105,7 @@ pub fn restore(
         }
         None => (Store::new(), ClientTable::default(), 0, None, None),
     };
+    store.set_quota_bytes(quota_backend_bytes);
     let checkpoint_cid = checkpoint.as_ref().map(|p| p.info.cid);
     // Batches logged as proposals, by (cid, digest): their regency, bytes.
     let mut proposals: HashMap<(u64, Digest), (u32, Arc<Batch>)> = HashMap::new();

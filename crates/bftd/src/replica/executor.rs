@@ -44,6 +44,9 @@ pub struct Executor {
     pub commands_per_request_max: usize,
     /// Largest read response, bytes (`[api] range_response_bytes_max`).
     pub range_response_bytes_max: usize,
+    /// The kv space quota (`[protocol] quota_backend_bytes`), set on a
+    /// store installed by state transfer.
+    pub quota_backend_bytes: u64,
     /// Checkpoints taken, reported to the control thread.
     pub checkpoints: Sender<Prepared>,
     /// The storage thread (`None` with `durability = "memory"`).
@@ -162,7 +165,9 @@ impl Executor {
     fn install(&self, cid: wire::Cid, app: &[u8], clients: &ClientTable) {
         // f+1 replicas reported this checkpoint's digest: a snapshot that
         // does not decode means correct replicas wrote a bad one.
-        let store = Store::restore(app).expect("a checkpoint f+1 replicas agree on decodes");
+        let mut store = Store::restore(app).expect("a checkpoint f+1 replicas agree on decodes");
+        // The quota is configuration, not part of the snapshot.
+        store.set_quota_bytes(self.quota_backend_bytes);
         let revision = store.revision();
         *self.store.write() = store;
         let s = &self.status;

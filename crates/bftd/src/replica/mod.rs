@@ -227,6 +227,7 @@ pub fn start_with_io(config: Arc<ClusterConfig>, id: u16, io: Io) -> Result<Runn
         config.control_config(id),
         &limits,
         config.api.proxy_bundle_ops_max,
+        config.protocol.quota_backend_bytes,
     )?;
     tracing::info!(
         replica = id,
@@ -253,6 +254,10 @@ pub fn start_with_io(config: Arc<ClusterConfig>, id: u16, io: Io) -> Result<Runn
     let dataplane_stats = Arc::new(DataplaneStats::default());
     let control_stats = Arc::new(parking_lot::Mutex::new(control::Stats::default()));
     let hist = Arc::new(Histograms::default());
+    // The space quota was set before the log's decisions were re-executed
+    // (0 in the config = kv's default).
+    let quota = config.protocol.quota_backend_bytes;
+    assert!(quota == 0 || restored.store.quota_bytes() == quota);
     let store = Arc::new(RwLock::new(restored.store));
 
     let window = config.protocol.instance_window;
@@ -360,6 +365,7 @@ pub fn start_with_io(config: Arc<ClusterConfig>, id: u16, io: Io) -> Result<Runn
         status: status.clone(),
         commands_per_request_max: config.api.proxy_bundle_ops_max,
         range_response_bytes_max: config.api.range_response_bytes_max,
+        quota_backend_bytes: config.protocol.quota_backend_bytes,
         checkpoints: checkpoints_tx,
         storage,
         snapshot_chunk_bytes: config.control_config(id).snapshot_chunk_bytes,
@@ -450,7 +456,10 @@ impl api::Backend for ReplicaBackend {
     }
     fn store_size(&self) -> (i64, i64) {
         let s = self.store.read();
-        (s.revision(), s.snapshot().len() as i64)
+        (s.revision(), s.size_bytes() as i64)
+    }
+    fn quota_bytes(&self) -> u64 {
+        self.store.read().quota_bytes()
     }
     fn progress(&self) -> api::Progress {
         let s = &self.status;

@@ -24,19 +24,22 @@ pub struct Restored {
     pub votes: u64,
 }
 
-/// Opens the log in `dir` and rebuilds the replica's state from it.
+/// Opens the log in `dir` and rebuilds the replica's state from it; the
+/// store gets the space quota `quota_backend_bytes` (`[protocol]`) before
+/// the logged decisions are re-executed.
 pub fn restore(
     dir: &std::path::Path,
     durability: storage::Durability,
     cfg: control::Config,
     limits: &Limits,
     commands_max: usize,
+    quota_backend_bytes: u64,
 ) -> Result<Restored, StartError> {
     let (storage, rec) = Storage::open(dir, durability, storage::Limits::default())?;
     for w in &rec.warnings {
         tracing::warn!(dir = %dir.display(), "recovery: {w}");
     }
-    let r = node::restore(cfg, rec, limits, commands_max)
+    let r = node::restore_with_quota(cfg, rec, limits, commands_max, quota_backend_bytes)
         .map_err(|e| StartError::Recovery(format!("{e}; {}", node::RestoreError::advice())))?;
     Ok(Restored {
         storage,

@@ -40,6 +40,8 @@ pub struct Opts {
     pub netns: bool,
     /// Short timeouts so fault tests stay quick.
     pub fast_timeouts: bool,
+    /// `[protocol] quota_backend_bytes`; `None` keeps the default (2 GiB).
+    pub quota_backend_bytes: Option<u64>,
 }
 
 impl Opts {
@@ -50,6 +52,7 @@ impl Opts {
             fault_injection: false,
             netns: false,
             fast_timeouts: true,
+            quota_backend_bytes: None,
         }
     }
 }
@@ -84,6 +87,9 @@ impl Cluster {
             cfg.protocol.request_timeout_ms = 300;
             cfg.protocol.sync_timeout_ms = 500;
             cfg.protocol.checkpoint_period = 64;
+        }
+        if let Some(q) = o.quota_backend_bytes {
+            cfg.protocol.quota_backend_bytes = q;
         }
         cfg.base_dir = dir.clone();
         let netns = o.netns.then(|| Netns::create(name, n));
