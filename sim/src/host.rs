@@ -223,15 +223,21 @@ impl Host {
                 .outstanding
                 .insert(seq, callers, signed.clone(), env.now);
             self.stats.requests_sent += 1;
-            let msg = Message::Request(signed.get().clone());
-            self.view = View::of(&self.core);
-            for to in self.others() {
-                self.emit(env, to, msg.clone());
-            }
-            let mut out = Vec::new();
-            self.core.on_request(signed, &mut out);
-            self.carry_out(env, &mut out);
+            self.send_own_request(env, signed);
         }
+    }
+
+    /// A request of this replica's proxy: to every other replica, and to
+    /// its own core (as bftd's control thread handles a proxy request).
+    fn send_own_request(&mut self, env: &mut Env, signed: Verified<Request>) {
+        let msg = Message::Request(signed.get().clone());
+        self.view = View::of(&self.core);
+        for to in self.others() {
+            self.emit(env, to, msg.clone());
+        }
+        let mut out = Vec::new();
+        self.core.on_request(signed, &mut out);
+        self.carry_out(env, &mut out);
     }
 
     fn others(&self) -> impl Iterator<Item = ReplicaId> {
@@ -416,14 +422,7 @@ impl Host {
         let retry = 2 * self.cfg.request_timeout_ticks;
         for signed in self.proxy.outstanding.overdue(env.now, retry) {
             self.stats.requests_resent += 1;
-            let msg = Message::Request(signed.get().clone());
-            self.view = View::of(&self.core);
-            for to in self.others() {
-                self.emit(env, to, msg.clone());
-            }
-            let mut out = Vec::new();
-            self.core.on_request(signed, &mut out);
-            self.carry_out(env, &mut out);
+            self.send_own_request(env, signed);
         }
         let mut out = Vec::new();
         self.core.on_tick(&mut out);

@@ -119,10 +119,9 @@ impl Prepared {
     }
 }
 
-/// Checks a blob (made by [`encode`], or read back from disk) and computes
-/// its manifest and digest. Errors on a malformed blob; never panics.
-pub fn prepare(blob: Vec<u8>, chunk_bytes: usize) -> Result<Prepared, DecodeError> {
-    let body = blob_body_len(&blob).ok_or(DecodeError::Invalid("checkpoint trailer"))?;
+/// The body length of a blob and a reader past its magic and version.
+fn open_body(blob: &[u8]) -> Result<(usize, Reader<'_>), DecodeError> {
+    let body = blob_body_len(blob).ok_or(DecodeError::Invalid("checkpoint trailer"))?;
     let mut r = Reader::new(&blob[..body]);
     if r.raw(8)? != MAGIC {
         return Err(DecodeError::Invalid("checkpoint magic"));
@@ -131,6 +130,13 @@ pub fn prepare(blob: Vec<u8>, chunk_bytes: usize) -> Result<Prepared, DecodeErro
     if v != VERSION {
         return Err(DecodeError::BadVersion(v));
     }
+    Ok((body, r))
+}
+
+/// Checks a blob (made by [`encode`], or read back from disk) and computes
+/// its manifest and digest. Errors on a malformed blob; never panics.
+pub fn prepare(blob: Vec<u8>, chunk_bytes: usize) -> Result<Prepared, DecodeError> {
+    let (body, mut r) = open_body(&blob)?;
     let cid = r.u64()?;
     let proof = decode_trailer(&blob[body..blob.len() - 8], Limits::default().replicas_max)?;
     if proof.as_ref().is_some_and(|p| p.cid != cid) {
@@ -222,15 +228,7 @@ pub fn decode(
     limits: &Limits,
     clients_max: usize,
 ) -> Result<Checkpoint, DecodeError> {
-    let body = blob_body_len(bytes).ok_or(DecodeError::Invalid("checkpoint trailer"))?;
-    let mut r = Reader::new(&bytes[..body]);
-    if r.raw(8)? != MAGIC {
-        return Err(DecodeError::Invalid("checkpoint magic"));
-    }
-    let v = r.u8()?;
-    if v != VERSION {
-        return Err(DecodeError::BadVersion(v));
-    }
+    let (body, mut r) = open_body(bytes)?;
     let cid = r.u64()?;
     let clients = ClientTable::decode(&mut r, clients_max)?;
     let len = r.u64()?;
