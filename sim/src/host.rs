@@ -298,6 +298,12 @@ impl Host {
             if e.to == self.id {
                 continue; // a middleware cannot reach its own core by the network
             }
+            if e.to.index() >= self.cfg.n {
+                // A Byzantine middleware answering a forged field (e.g. a
+                // SNAPSHOT_REQUEST naming replica 8192): no such link.
+                self.stats.undecodable += 1;
+                continue;
+            }
             let msg = if self.behavior.is_some() {
                 match Message::decode(&e.msg.encode(), &Limits::default()) {
                     Ok(m) => m,

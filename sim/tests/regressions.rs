@@ -384,3 +384,23 @@ fn trace_of_the_lost_stops_run() {
 fn restarted_replicas_do_not_claim_accepts_they_never_sent() {
     assert_clean(&[run(356, Profile::Full, None)]);
 }
+
+/// control (liveness): a state transfer ended as soon as f+1 replies
+/// showed nothing newer, and a later reply with a proven next decision was
+/// ignored. Seed 9638 of the full-profile soak (n=4, every replica crashes
+/// and restarts): three replicas restarted at cid 13, the fourth at 14, and
+/// the three never learned 14. Fixed: a reply's proven decisions continue
+/// the log even with no transfer in progress.
+#[test]
+fn a_proven_decision_shown_after_the_transfer_ended_is_delivered() {
+    assert_clean(&[run(9638, Profile::Full, None)]);
+}
+
+/// sim (host): a Byzantine middleware answered a forged SNAPSHOT_REQUEST
+/// naming replica 8192 and the world indexed its inbox out of bounds. Seed
+/// 10897 of the full-profile soak. Fixed: emits to replicas that do not
+/// exist are dropped at the host's edge.
+#[test]
+fn an_emit_to_a_replica_that_does_not_exist_is_dropped() {
+    assert_clean(&[run(10897, Profile::Full, None)]);
+}

@@ -1551,10 +1551,34 @@ impl Replica {
 
     fn on_state_reply(&mut self, rep: StateReply, out: &mut Vec<Output>) {
         let Some(t) = &mut self.transfer else {
+            // No transfer in progress (f+1 replies showed nothing newer):
+            // a later reply's decisions still continue the log, as each
+            // carries its own proof (a replica one decision ahead of the
+            // others is the only one that can show it).
+            let first = rep.decisions.first().map_or(0, |d| d.proof.cid);
+            let skip = (self.last_decided + 1).saturating_sub(first) as usize;
+            for d in rep.decisions.into_iter().skip(skip) {
+                if d.proof.cid != self.last_decided + 1 || !self.apply_proven(d, out) {
+                    break;
+                }
+            }
             return;
         };
         t.replies.insert(rep.replica, rep);
         self.transfer_progress(out);
+    }
+
+    /// Delivers a decision shown with its (verified) proof for the next
+    /// cid; false if it could not be delivered.
+    fn apply_proven(&mut self, d: Decided, out: &mut Vec<Output>) -> bool {
+        let next = self.last_decided + 1;
+        assert_eq!(d.proof.cid, next);
+        self.stats.transfer_decisions += 1;
+        let inst = self.instance(next);
+        inst.keep_batch(d.batch);
+        inst.decided = Some(d.proof);
+        self.deliver_ready(out);
+        self.last_decided >= next
     }
 
     fn on_snapshot_chunk(&mut self, chunk: SnapshotChunk, out: &mut Vec<Output>) {
@@ -1674,12 +1698,7 @@ impl Replica {
             else {
                 break;
             };
-            self.stats.transfer_decisions += 1;
-            let inst = self.instance(next);
-            inst.keep_batch(d.batch.clone());
-            inst.decided = Some(d.proof);
-            self.deliver_ready(out);
-            if self.last_decided < next {
+            if !self.apply_proven(d, out) {
                 break; // cannot happen: the batch was just kept
             }
         }
