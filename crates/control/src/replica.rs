@@ -1705,10 +1705,13 @@ impl Replica {
         let Some(t) = &mut self.transfer else {
             return;
         };
-        // Done once this replica has what f+1 replies (one correct) show:
-        // a single reply, or a message for a far cid, cannot keep it going.
-        let f = self.cfg.f();
-        if t.replies.len() > f && self.last_decided >= t.kth_highest_reported(f + 1) {
+        // Done once n-f replicas (this one included) answered and this
+        // replica has what f+1 of them (one correct) show: a single reply,
+        // or a message for a far cid, cannot keep it going, and the first
+        // replies (maybe from replicas as far behind as this one) cannot
+        // end it before the others are heard.
+        let (n, f) = (self.cfg.n, self.cfg.f());
+        if t.replies.len() + 1 >= n - f && self.last_decided >= t.kth_highest_reported(f + 1) {
             self.transfer = None;
             return;
         }
