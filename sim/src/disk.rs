@@ -76,7 +76,8 @@ impl Durable {
     }
 
     /// What `Storage::open` would hand a restarting replica: the newest
-    /// checkpoint, and the records above it (every REGENCY record).
+    /// checkpoint, the records above it (every REGENCY record), and the
+    /// proposals and decisions it covers still in the log.
     pub fn recover(&self) -> storage::Recovered {
         let checkpoint = self
             .checkpoints
@@ -87,6 +88,18 @@ impl Durable {
                 snapshot: blob.to_vec(),
             });
         let floor = checkpoint.as_ref().map_or(0, |c| c.cid);
+        let covered = match checkpoint {
+            Some(_) => self
+                .records
+                .iter()
+                .filter(|r| {
+                    matches!(r, Record::Proposal { .. } | Record::Decision { .. })
+                        && r.cid().is_some_and(|c| c <= floor)
+                })
+                .cloned()
+                .collect(),
+            None => Vec::new(),
+        };
         storage::Recovered {
             checkpoint,
             records: self
@@ -95,6 +108,7 @@ impl Durable {
                 .filter(|r| r.cid().is_none_or(|c| c > floor))
                 .cloned()
                 .collect(),
+            covered,
             regency: self.regency,
             truncated_tail_bytes: 0,
             warnings: Vec::new(),

@@ -416,16 +416,17 @@ fn a_state_transfer_does_not_end_before_n_minus_f_replicas_answered() {
     assert_clean(&[run(29703, Profile::Full, None)]);
 }
 
-/// OPEN (control/storage, liveness on a quiet cluster): every replica
+/// storage/node (liveness on a quiet cluster): every replica
 /// crashes; the one ahead restarts from a checkpoint taken exactly at its
 /// last decision (cid 26), so its decision log is empty after the restart,
 /// and the others (at 25) can get decision 26 neither from a log nor from
 /// a checkpoint f+1 replicas report. With new requests a leader change
 /// keeps 26 (the others' durable votes) and everyone moves on; on a quiet
-/// cluster they stay at 25. Fix: recovery returns the decisions between the
-/// two kept checkpoints for the decision log. Seed 26977 of the soak.
+/// cluster they stayed at 25. Seed 26977 of the soak. Fixed: recovery
+/// returns the decisions the newest checkpoint covers that are still in the
+/// log (`Recovered::covered`), and the restart refills the decision log
+/// with them.
 #[test]
-#[ignore = "open: a restarted replica cannot serve the decision its newest checkpoint covers"]
 fn a_replica_restarted_from_a_checkpoint_at_its_last_decision_can_serve_it() {
     assert_clean(&[run(26977, Profile::Full, None)]);
 }

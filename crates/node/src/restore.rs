@@ -8,13 +8,13 @@
 //! The same function restarts a `bftd` process (after `Storage::open`) and
 //! a simulated replica (whose disk keeps the same records).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use control::{ClientTable, Replica};
 use kv::Store;
 use storage::{Record, Recovered};
-use wire::{Batch, Digest, Limits};
+use wire::{Batch, Decided, Digest, Limits};
 
 use crate::exec::execute_request;
 
@@ -51,6 +51,73 @@ fn corrupt(what: String) -> RestoreError {
     RestoreError(what)
 }
 
+/// The newest run of consecutive decisions among `covered` (records at or
+/// below the checkpoint at `checkpoint_cid`, see `Recovered::covered`)
+/// that ends at the checkpoint, at most `log_max` of them: what the
+/// replica had in its decision log when it wrote the checkpoint. Empty
+/// when the log does not reach the checkpoint's cid (a checkpoint
+/// installed by state transfer) or a decision's batch was truncated away.
+///
+/// # Errors
+/// A proposal or proof that does not decode, or a proof naming another
+/// instance.
+fn covered_decisions(
+    covered: Vec<Record>,
+    checkpoint_cid: u64,
+    log_max: usize,
+    limits: &Limits,
+) -> Result<VecDeque<Decided>, RestoreError> {
+    let mut batches: HashMap<(u64, Digest), Arc<Batch>> = HashMap::new();
+    let mut run: VecDeque<Decided> = VecDeque::new();
+    for r in covered {
+        match r {
+            Record::Proposal { cid, batch, .. } => {
+                let b = Batch::from_bytes(&batch, limits).map_err(|e| {
+                    corrupt(format!(
+                        "logged proposal for cid {cid} does not decode: {e}"
+                    ))
+                })?;
+                batches.entry((cid, b.digest())).or_insert(Arc::new(b));
+            }
+            Record::Decision {
+                cid,
+                digest,
+                proof: p,
+                ..
+            } => {
+                let p = wire::DecisionProof::from_bytes(&p, limits)
+                    .map_err(|e| corrupt(format!("decision {cid} proof does not decode: {e}")))?;
+                if p.cid != cid || p.digest != digest {
+                    return Err(corrupt(format!(
+                        "decision {cid} proof names another instance or batch"
+                    )));
+                }
+                let follows = run.back().is_some_and(|d| d.proof.cid + 1 == cid);
+                let Some(batch) = batches.get(&(cid, digest)) else {
+                    run.clear();
+                    continue;
+                };
+                if !follows {
+                    run.clear();
+                }
+                if run.len() == log_max {
+                    run.pop_front();
+                }
+                run.push_back(Decided {
+                    batch: batch.clone(),
+                    proof: p,
+                });
+                batches.retain(|(c, _), _| *c > cid);
+            }
+            _ => {}
+        }
+    }
+    if run.back().is_none_or(|d| d.proof.cid != checkpoint_cid) {
+        run.clear();
+    }
+    Ok(run)
+}
+
 /// Rebuilds the replica's state from `rec`, with the kv store's default
 /// space quota (`kv::DEFAULT_QUOTA_BACKEND_BYTES`); see
 /// [`restore_with_quota`].
@@ -82,7 +149,7 @@ pub fn restore(
 ///
 /// # Errors
 /// A checkpoint, proposal or proof that does not decode, or decisions that
-/// jump or name a batch the log does not hold.
+/// jump or name a batch the log does not hold (above the checkpoint).
 pub fn restore_with_quota(
     cfg: control::Config,
     rec: Recovered,
@@ -112,9 +179,10 @@ pub fn restore_with_quota(
     let mut replayed = 0;
     // ACCEPT records: (regency, cid, digest).
     let mut accepts: Vec<(u32, u64, Digest)> = Vec::new();
-    // The newest replayed decisions, for the core's decision log.
+    // The newest decisions, for the core's decision log: those the
+    // checkpoint covers, then the replayed ones.
     let log_max = cfg.decision_log_max();
-    let mut replayed_log: std::collections::VecDeque<wire::Decided> = Default::default();
+    let mut replayed_log = covered_decisions(rec.covered, last, log_max, limits)?;
     for r in rec.records {
         match r {
             Record::Proposal {
@@ -165,7 +233,7 @@ pub fn restore_with_quota(
                 if replayed_log.len() == log_max {
                     replayed_log.pop_front();
                 }
-                replayed_log.push_back(wire::Decided {
+                replayed_log.push_back(Decided {
                     batch: batch.clone(),
                     proof: p.clone(),
                 });

@@ -329,6 +329,15 @@ pub struct Recovered {
     /// cid above the checkpoint's, and every REGENCY record still in the
     /// log. DECISION cids above the checkpoint have no gaps.
     pub records: Vec<Record>,
+    /// In log order: the PROPOSAL and DECISION records at or below the
+    /// checkpoint's cid still in the log (which reaches back to the older
+    /// kept checkpoint, see [`Storage::truncate_through`]). Not replayed:
+    /// the checkpoint covers them. They refill the replica's decision log,
+    /// so that it can still hand the decisions up to its checkpoint to
+    /// replicas one or a few cids behind (which cannot install a checkpoint
+    /// only this replica holds). May have gaps (a checkpoint installed by
+    /// state transfer); empty without a checkpoint.
+    pub covered: Vec<Record>,
     /// The newest REGENCY record's regency, or 0.
     pub regency: Regency,
     /// Bytes of a torn write discarded from the newest segment: from the

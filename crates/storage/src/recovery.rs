@@ -124,6 +124,8 @@ fn create_dir(dir: &Path) -> Result<(), StorageError> {
 struct Collector {
     base_cid: Option<Cid>,
     records: Vec<Record>,
+    /// PROPOSAL and DECISION records at or below `base_cid`.
+    covered: Vec<Record>,
     regency: Regency,
     regency_seq: Option<u64>,
     /// Highest DECISION cid returned so far (or the checkpoint's cid).
@@ -165,6 +167,8 @@ impl Collector {
                     }
                     self.returned_decision_max = self.returned_decision_max.max(Some(cid));
                     self.records.push(record);
+                } else {
+                    self.covered.push(record);
                 }
             }
             Record::Checkpoint { cid, .. } => {
@@ -173,7 +177,14 @@ impl Collector {
                     self.records.push(record);
                 }
             }
-            Record::Proposal { .. } | Record::Accept { .. } => {
+            Record::Proposal { .. } => {
+                if after_base {
+                    self.records.push(record);
+                } else if self.base_cid.is_some() {
+                    self.covered.push(record);
+                }
+            }
+            Record::Accept { .. } => {
                 if after_base {
                     self.records.push(record);
                 }
@@ -233,6 +244,7 @@ pub(crate) fn recover(dir: &Path, limits: &Limits) -> Result<Found, StorageError
     let mut collector = Collector {
         base_cid,
         records: Vec::new(),
+        covered: Vec::new(),
         regency: 0,
         regency_seq: None,
         returned_decision_max: base_cid,
@@ -406,6 +418,7 @@ pub(crate) fn recover(dir: &Path, limits: &Limits) -> Result<Found, StorageError
         recovered: Recovered {
             checkpoint,
             records: collector.records,
+            covered: collector.covered,
             regency: collector.regency,
             truncated_tail_bytes,
             warnings,

@@ -251,6 +251,11 @@ fn records_after_the_checkpoint_are_returned() {
             decision(12)
         ]
     );
+    // What the checkpoint covers comes back apart, for the decision log.
+    let covered: Vec<Record> = (1..=10)
+        .flat_map(|cid| [proposal(cid, 50), decision(cid)])
+        .collect();
+    assert_eq!(rec.covered, covered);
 }
 
 #[test]
