@@ -70,6 +70,30 @@ pub trait Backend: Send + Sync + 'static {
     /// cluster's `[protocol] quota_backend_bytes`): Maintenance.Alarm
     /// reports NOSPACE while the size is at or above it.
     fn quota_bytes(&self) -> u64;
+    /// The changes of `[key, range_end)` from `from_revision` on, scanning
+    /// at most `scan_max` history changes: `kv::Store::watch_events` on the
+    /// local store.
+    ///
+    /// # Errors
+    /// [`kv::WatchCompacted`] when `from_revision` is below the compaction
+    /// revision.
+    fn watch_events(
+        &self,
+        key: &[u8],
+        range_end: &[u8],
+        from_revision: i64,
+        scan_max: usize,
+    ) -> Result<kv::EventPage, kv::WatchCompacted>;
+    /// The local store's revision, updated after every executed batch (and
+    /// a checkpoint installed by state transfer): what wakes watchers. The
+    /// sender going away means the replica stopped.
+    fn revisions(&self) -> tokio::sync::watch::Receiver<i64>;
+    /// Whether this replica has a working regency (etcd: a leader). Watch
+    /// streams opened with `hasleader=true` fail with "etcdserver: no
+    /// leader" while it has not.
+    fn has_leader(&self) -> bool {
+        true
+    }
     fn progress(&self) -> Progress;
     fn cluster(&self) -> &ClusterInfo;
     /// Records the latency of one API call (for metrics); no-op by default.

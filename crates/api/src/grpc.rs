@@ -1,5 +1,5 @@
 //! etcd v3 gRPC services over a [`Backend`]: KV (Range, Put, DeleteRange,
-//! Txn, Compact), Maintenance (Status, Hash, HashKV, Alarm: NOSPACE derived
+//! Txn, Compact), Watch (in [`crate::watch`]), Maintenance (Status, Hash, HashKV, Alarm: NOSPACE derived
 //! from the store's space quota) and Cluster
 //! (MemberList). Package `etcdserverpb`, etcd's field numbers; services and
 //! methods not served here answer UNIMPLEMENTED (tonic's router does so for
@@ -73,6 +73,18 @@ pub struct ApiLimits {
     /// ResourceExhausted and pages with `limit`. etcd's only cap is gRPC's
     /// send limit (math.MaxInt32).
     pub range_response_bytes_max: usize,
+    /// How often a watcher that asked for `progress_notify` and got no
+    /// event meanwhile is sent an empty progress response (default 10 min,
+    /// etcd's `--experimental-watch-progress-notify-interval`).
+    pub watch_progress_notify_interval: Duration,
+    /// Most watchers on one Watch stream (default 65536; etcd: no limit).
+    /// A create beyond it is answered created and canceled, with the
+    /// reason.
+    pub watches_per_stream_max: usize,
+    /// Most history changes one watch read scans before the stream serves
+    /// its other watchers (default 10000): bounds the time one far-behind
+    /// watcher holds the store's read lock. A revision is never split.
+    pub watch_scan_changes_max: usize,
 }
 
 impl Default for ApiLimits {
@@ -88,6 +100,9 @@ impl Default for ApiLimits {
             request_bytes_pending_per_connection_max: 16 * 1024 * 1024,
             request_bytes_pending_max: 256 * 1024 * 1024,
             range_response_bytes_max: kv::DEFAULT_RANGE_RESPONSE_BYTES_MAX,
+            watch_progress_notify_interval: Duration::from_secs(600),
+            watches_per_stream_max: 65_536,
+            watch_scan_changes_max: 10_000,
         }
     }
 }
@@ -102,6 +117,14 @@ impl ApiLimits {
     /// Checks the limits fit together; the error names the field.
     pub fn validate(&self) -> Result<(), String> {
         let message = self.grpc_message_bytes_max() + 5;
+        if self.watch_progress_notify_interval.is_zero() {
+            return Err("watch_progress_notify_interval must be positive".into());
+        }
+        if self.watches_per_stream_max == 0 || self.watch_scan_changes_max == 0 {
+            return Err(
+                "watches_per_stream_max and watch_scan_changes_max must be at least 1".into(),
+            );
+        }
         if self.client_connections_max == 0 {
             return Err("client_connections_max must be at least 1".into());
         }
@@ -156,7 +179,17 @@ impl<B: Backend> EtcdApi<B> {
         Self { backend, limits }
     }
 
-    fn header(&self, revision: i64) -> ResponseHeader {
+    pub(crate) fn backend(&self) -> &Arc<B> {
+        &self.backend
+    }
+
+    pub(crate) fn limits(&self) -> &ApiLimits {
+        &self.limits
+    }
+
+    /// The response header etcd sends: cluster, member, `revision`, and
+    /// the regency as `raft_term`.
+    pub(crate) fn header(&self, revision: i64) -> ResponseHeader {
         let c = self.backend.cluster();
         ResponseHeader {
             cluster_id: c.cluster_id,
@@ -402,15 +435,16 @@ impl<B: Backend> Cluster for EtcdApi<B> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::backend::{ClusterInfo, MemberInfo, Progress};
     use std::sync::Mutex;
 
     /// A backend over one local store: submitted commands apply at once.
-    struct OneStore {
-        store: Mutex<kv::Store>,
+    pub(crate) struct OneStore {
+        pub(crate) store: Mutex<kv::Store>,
         cluster: ClusterInfo,
+        revisions: tokio::sync::watch::Sender<i64>,
     }
 
     impl Backend for OneStore {
@@ -420,8 +454,25 @@ mod tests {
         ) -> Result<tokio::sync::oneshot::Receiver<Result<kv::Response, KvError>>, SubmitError>
         {
             let (tx, rx) = tokio::sync::oneshot::channel();
-            let _ = tx.send(self.store.lock().unwrap().apply(&command));
+            let mut store = self.store.lock().unwrap();
+            let _ = tx.send(store.apply(&command));
+            self.revisions.send_replace(store.revision());
             Ok(rx)
+        }
+        fn watch_events(
+            &self,
+            key: &[u8],
+            range_end: &[u8],
+            from_revision: i64,
+            scan_max: usize,
+        ) -> Result<kv::EventPage, kv::WatchCompacted> {
+            self.store
+                .lock()
+                .unwrap()
+                .watch_events(key, range_end, from_revision, scan_max)
+        }
+        fn revisions(&self) -> tokio::sync::watch::Receiver<i64> {
+            self.revisions.subscribe()
         }
         fn validate(&self, command: &Command) -> Result<(), KvError> {
             self.store.lock().unwrap().validate(command)
@@ -451,6 +502,11 @@ mod tests {
     }
 
     fn api(quota_bytes: u64) -> EtcdApi<OneStore> {
+        EtcdApi::new(Arc::new(one_store(quota_bytes)), ApiLimits::default())
+    }
+
+    /// A [`OneStore`] with an empty store and this space quota.
+    pub(crate) fn one_store(quota_bytes: u64) -> OneStore {
         let mut store = kv::Store::new();
         store.set_quota_bytes(quota_bytes);
         let member = |id| MemberInfo {
@@ -459,15 +515,15 @@ mod tests {
             peer_urls: vec![],
             client_urls: vec![],
         };
-        let backend = OneStore {
+        OneStore {
+            revisions: tokio::sync::watch::Sender::new(store.revision()),
             store: Mutex::new(store),
             cluster: ClusterInfo {
                 cluster_id: 7,
                 member_id: 11,
                 members: vec![member(11), member(12)],
             },
-        };
-        EtcdApi::new(Arc::new(backend), ApiLimits::default())
+        }
     }
 
     async fn alarms(

@@ -2,6 +2,8 @@
 //!
 //! - [`grpc::EtcdApi`]: etcd v3 gRPC services (wire-compatible with etcd's
 //!   protos; kube-apiserver, etcdctl and any clientv3 work unchanged).
+//! - [`watch`]: the Watch service, served from the replica's executed
+//!   history.
 //! - [`http`]: `/status` (JSON), `/metrics` (Prometheus text), `/healthz`.
 //! - [`backend::Backend`]: what the API needs from a replica.
 //!
@@ -12,6 +14,7 @@ pub mod backend;
 pub mod client_port;
 pub mod grpc;
 pub mod http;
+pub mod watch;
 
 /// Server traits generated from etcd's `rpc.proto`, over kv's message types.
 #[allow(clippy::all)]
@@ -38,6 +41,7 @@ pub async fn serve_grpc<B: Backend>(
     use etcdserverpb::cluster_server::ClusterServer;
     use etcdserverpb::kv_server::KvServer;
     use etcdserverpb::maintenance_server::MaintenanceServer;
+    use etcdserverpb::watch_server::WatchServer;
     limits
         .validate()
         .unwrap_or_else(|e| panic!("API limits: {e}"));
@@ -57,6 +61,7 @@ pub async fn serve_grpc<B: Backend>(
         .layer(client_port::ConnLayer)
         .add_service(KvServer::new(api.clone()).max_decoding_message_size(msg_max))
         .add_service(MaintenanceServer::new(api.clone()).max_decoding_message_size(msg_max))
+        .add_service(WatchServer::new(api.clone()).max_decoding_message_size(msg_max))
         .add_service(ClusterServer::new(api).max_decoding_message_size(msg_max))
         .serve_with_incoming_shutdown(client_port::incoming(listener, table), shutdown)
         .await

@@ -146,6 +146,15 @@ mod defaults {
     pub fn range_response_bytes_max() -> usize {
         64 << 20
     }
+    pub fn watch_progress_notify_interval_ms() -> u64 {
+        600_000
+    }
+    pub fn watches_per_stream_max() -> usize {
+        65_536
+    }
+    pub fn watch_scan_changes_max() -> usize {
+        10_000
+    }
     pub fn checkpoint_period() -> u64 {
         1024
     }
@@ -231,6 +240,20 @@ pub struct Api {
     /// (page with `limit`).
     #[serde(default = "defaults::range_response_bytes_max")]
     pub range_response_bytes_max: usize,
+    /// A watcher that asked for progress notifications and got no event
+    /// for this long is sent an empty response at the current revision,
+    /// ms (etcd's `--experimental-watch-progress-notify-interval`, 10 min).
+    #[serde(default = "defaults::watch_progress_notify_interval_ms")]
+    pub watch_progress_notify_interval_ms: u64,
+    /// Watchers on one Watch stream at most; a create beyond it is
+    /// answered canceled with the reason.
+    #[serde(default = "defaults::watches_per_stream_max")]
+    pub watches_per_stream_max: usize,
+    /// History changes one watch read scans at most before the stream
+    /// serves its other watchers (bounds how long a far-behind watcher
+    /// holds the store's read lock).
+    #[serde(default = "defaults::watch_scan_changes_max")]
+    pub watch_scan_changes_max: usize,
 }
 
 /// One `[[replica]]` table.

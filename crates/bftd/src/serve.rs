@@ -26,6 +26,7 @@ pub fn run(
         cluster: running.cluster.clone(),
         cluster_id: config.cluster_id,
         range_response_bytes_max: config.api.range_response_bytes_max,
+        revisions: running.revisions.subscribe(),
     });
     let observer = Arc::new(Observer {
         id,
@@ -49,6 +50,9 @@ pub fn run(
         request_bytes_pending_per_connection_max: a.request_bytes_pending_per_connection_max,
         request_bytes_pending_max: a.request_bytes_pending_max,
         range_response_bytes_max: a.range_response_bytes_max,
+        watch_progress_notify_interval: Duration::from_millis(a.watch_progress_notify_interval_ms),
+        watches_per_stream_max: a.watches_per_stream_max,
+        watch_scan_changes_max: a.watch_scan_changes_max,
         ..api::ApiLimits::default()
     };
     limits.client_connections_max =

@@ -15,6 +15,8 @@
 //! - [`command`]: the replicated [`Command`] and batch encoding.
 //! - Snapshots, the state digest and HashKV: [`Store::snapshot`],
 //!   [`Store::restore`], [`Store::state_digest`], [`Store::hash_kv`].
+//! - Watch reads: [`Store::watch_events`], the changes of a key range
+//!   from a revision on (etcd's watchable store), from a revision index.
 //!
 //! Everything here is deterministic: the same commands in the same order
 //! give byte-identical responses and digests on every replica.
@@ -24,6 +26,7 @@ pub mod error;
 mod snapshot;
 mod store;
 mod validate;
+mod watch;
 
 /// Types generated from `proto/` by prost (see `build.rs`).
 ///
@@ -68,4 +71,5 @@ pub use store::{
     Response, Store, DEFAULT_MAX_TXN_OPS, DEFAULT_QUOTA_BACKEND_BYTES,
     DEFAULT_RANGE_RESPONSE_BYTES_MAX, ENTRY_OVERHEAD_BYTES,
 };
+pub use watch::{EventPage, WatchCompacted};
 pub use wire::{DecodeError, Digest};

@@ -289,6 +289,7 @@ impl Store {
         store.compact_revision = compact;
         store.live_keys = live_keys;
         store.size_bytes = size_bytes;
+        store.rebuild_changes();
         Ok(store)
     }
 

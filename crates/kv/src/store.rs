@@ -132,7 +132,7 @@ impl History {
     }
 }
 
-fn key_value(key: &[u8], mod_revision: i64, p: &PutEvent) -> KeyValue {
+pub(crate) fn key_value(key: &[u8], mod_revision: i64, p: &PutEvent) -> KeyValue {
     KeyValue {
         key: key.to_vec(),
         create_revision: p.create_revision,
@@ -153,7 +153,10 @@ fn header(revision: i64) -> Option<ResponseHeader> {
 /// The keys a `(key, range_end)` pair selects, with etcd's conventions:
 /// empty `range_end` = `key` alone; `"\0"` = every key `>= key`; otherwise
 /// `[key, range_end)`, empty when `range_end <= key`.
-fn key_bounds<'a>(key: &'a [u8], range_end: &'a [u8]) -> (Bound<&'a [u8]>, Bound<&'a [u8]>) {
+pub(crate) fn key_bounds<'a>(
+    key: &'a [u8],
+    range_end: &'a [u8],
+) -> (Bound<&'a [u8]>, Bound<&'a [u8]>) {
     if range_end.is_empty() {
         (Bound::Included(key), Bound::Included(key))
     } else if range_end == [0] {
@@ -266,6 +269,10 @@ pub struct Store {
     /// Sum of [`entry_bytes`] over every stored history entry.
     pub(crate) size_bytes: u64,
     pub(crate) quota_bytes: u64,
+    /// The revision index for watches (see `watch.rs`): the revision and
+    /// key of every history entry with `main >= compact_revision`. Derived
+    /// from `keys`; not part of snapshots or digests.
+    pub(crate) changes: BTreeMap<Revision, Vec<u8>>,
 }
 
 impl Default for Store {
@@ -295,6 +302,7 @@ impl Store {
             max_txn_ops,
             size_bytes: 0,
             quota_bytes: DEFAULT_QUOTA_BACKEND_BYTES,
+            changes: BTreeMap::new(),
         }
     }
 
@@ -797,6 +805,14 @@ impl Store {
         if tx.changes > 0 {
             self.current_revision += 1;
             assert_eq!(self.current_revision, tx.write_revision());
+            assert_eq!(tx.touched.len() as i64, tx.changes, "one key per change");
+            for (sub, key) in tx.touched.into_iter().enumerate() {
+                let rev = Revision {
+                    main: self.current_revision,
+                    sub: sub as i64,
+                };
+                self.changes.insert(rev, key);
+            }
         }
     }
 
@@ -1052,6 +1068,30 @@ impl Store {
             .checked_sub(freed)
             .expect("the size counts every stored entry");
         self.compact_revision = revision;
+        // The index keeps what the histories still hold from the
+        // compaction revision on (a tombstone at it is gone).
+        self.changes = self.changes.split_off(&Revision {
+            main: revision,
+            sub: 0,
+        });
+        let gone: Vec<Revision> = self
+            .changes
+            .range(
+                ..Revision {
+                    main: revision + 1,
+                    sub: 0,
+                },
+            )
+            .filter(|(rev, key)| {
+                self.keys
+                    .get(key.as_slice())
+                    .is_none_or(|h| h.entries.binary_search_by(|e| e.rev.cmp(rev)).is_err())
+            })
+            .map(|(rev, _)| *rev)
+            .collect();
+        for rev in gone {
+            self.changes.remove(&rev);
+        }
         Ok(CompactionResponse {
             header: header(self.current_revision),
         })

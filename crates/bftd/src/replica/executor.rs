@@ -57,6 +57,9 @@ pub struct Executor {
     /// Wakes the control thread when it waits in the transport (inline
     /// dataplane).
     pub wake: Option<nic::RxWaker>,
+    /// The store's revision after each executed batch, for watchers
+    /// (`api::Backend::revisions`).
+    pub revisions: tokio::sync::watch::Sender<i64>,
 }
 
 impl Executor {
@@ -131,7 +134,10 @@ impl Executor {
         }
         let s = &self.status;
         Status::set(&s.last_applied_cid, d.cid);
-        Status::set(&s.revision, self.store.read().revision() as u64);
+        let revision = self.store.read().revision();
+        Status::set(&s.revision, revision as u64);
+        self.revisions
+            .send_if_modified(|r| std::mem::replace(r, revision) != revision);
         s.decisions_total
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         s.requests_executed_total
@@ -173,6 +179,7 @@ impl Executor {
         let s = &self.status;
         Status::set(&s.last_applied_cid, cid);
         Status::set(&s.revision, revision as u64);
+        self.revisions.send_replace(revision);
         // Own requests the checkpoint already includes were executed
         // elsewhere: their results are unknown here.
         for replies in self

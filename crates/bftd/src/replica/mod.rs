@@ -75,6 +75,8 @@ pub struct Running {
     /// The transport's fault switch (tests only, behind --fault-injection).
     pub faults: nic::FaultSwitch,
     pub cluster: api::ClusterInfo,
+    /// The store's revision after each executed batch (watchers subscribe).
+    pub revisions: tokio::sync::watch::Sender<i64>,
     threads: Vec<JoinHandle<()>>,
     /// Keeps the connector thread (link set-up) running.
     _connector: nic::Connector,
@@ -258,6 +260,7 @@ pub fn start_with_io(config: Arc<ClusterConfig>, id: u16, io: Io) -> Result<Runn
     // (0 in the config = kv's default).
     let quota = config.protocol.quota_backend_bytes;
     assert!(quota == 0 || restored.store.quota_bytes() == quota);
+    let revisions = tokio::sync::watch::Sender::new(restored.store.revision());
     let store = Arc::new(RwLock::new(restored.store));
 
     let window = config.protocol.instance_window;
@@ -371,6 +374,7 @@ pub fn start_with_io(config: Arc<ClusterConfig>, id: u16, io: Io) -> Result<Runn
         snapshot_chunk_bytes: config.control_config(id).snapshot_chunk_bytes,
         hist: hist.clone(),
         wake,
+        revisions: revisions.clone(),
     };
     threads.push(spawn(&format!("executor-r{id}"), None, move || {
         executor.run()
@@ -402,6 +406,7 @@ pub fn start_with_io(config: Arc<ClusterConfig>, id: u16, io: Io) -> Result<Runn
         nic,
         faults,
         cluster,
+        revisions,
         threads,
         _connector: connector,
     })
@@ -426,6 +431,8 @@ pub struct ReplicaBackend {
     pub cluster_id: u64,
     /// Largest read response, bytes (`[api] range_response_bytes_max`).
     pub range_response_bytes_max: usize,
+    /// The store's revision after each executed batch.
+    pub revisions: tokio::sync::watch::Receiver<i64>,
 }
 
 impl api::Backend for ReplicaBackend {
@@ -460,6 +467,23 @@ impl api::Backend for ReplicaBackend {
     }
     fn quota_bytes(&self) -> u64 {
         self.store.read().quota_bytes()
+    }
+    fn watch_events(
+        &self,
+        key: &[u8],
+        range_end: &[u8],
+        from_revision: i64,
+        scan_max: usize,
+    ) -> Result<kv::EventPage, kv::WatchCompacted> {
+        self.store
+            .read()
+            .watch_events(key, range_end, from_revision, scan_max)
+    }
+    fn revisions(&self) -> tokio::sync::watch::Receiver<i64> {
+        self.revisions.clone()
+    }
+    fn has_leader(&self) -> bool {
+        self.status.health(status::now_ms()).is_ok()
     }
     fn progress(&self) -> api::Progress {
         let s = &self.status;
