@@ -5,6 +5,8 @@
 //! - [`watch`]: the Watch service, served from the replica's executed
 //!   history.
 //! - [`http`]: `/status` (JSON), `/metrics` (Prometheus text), `/healthz`.
+//! - [`health`]: the gRPC health service (`grpc.health.v1.Health`).
+//! - [`snapshot`]: Maintenance.Snapshot's stream and file format.
 //! - [`backend::Backend`]: what the API needs from a replica.
 //!
 //! Runs on a small tokio runtime; it never blocks the control thread, and it
@@ -13,7 +15,9 @@
 pub mod backend;
 pub mod client_port;
 pub mod grpc;
+pub mod health;
 pub mod http;
+pub mod snapshot;
 pub mod watch;
 
 /// Server traits generated from etcd's `rpc.proto`, over kv's message types.
@@ -29,7 +33,8 @@ use std::sync::Arc;
 
 /// Serves the etcd services of `backend` on `listener` until `shutdown`
 /// resolves, with the connection and HTTP/2 limits of `limits` (see
-/// [`client_port`]). `table` holds the open connections (make it with
+/// [`client_port`]), and the gRPC health service (see [`health`]).
+/// `table` holds the open connections (make it with
 /// [`client_port::ConnTable::new`]; its stats are the port's metrics).
 pub async fn serve_grpc<B: Backend>(
     listener: tokio::net::TcpListener,
@@ -45,9 +50,11 @@ pub async fn serve_grpc<B: Backend>(
     limits
         .validate()
         .unwrap_or_else(|e| panic!("API limits: {e}"));
+    let (health_service, health_task) =
+        health::start(backend.clone(), health::HEALTH_POLL_INTERVAL).await;
     let api = EtcdApi::new(backend, limits);
     let msg_max = limits.grpc_message_bytes_max();
-    tonic::transport::Server::builder()
+    let served = tonic::transport::Server::builder()
         .max_concurrent_streams(limits.http2_max_concurrent_streams)
         .initial_stream_window_size(limits.http2_stream_window_bytes)
         .initial_connection_window_size(limits.http2_connection_window_bytes)
@@ -63,8 +70,11 @@ pub async fn serve_grpc<B: Backend>(
         .add_service(MaintenanceServer::new(api.clone()).max_decoding_message_size(msg_max))
         .add_service(WatchServer::new(api.clone()).max_decoding_message_size(msg_max))
         .add_service(ClusterServer::new(api).max_decoding_message_size(msg_max))
+        .add_service(health_service)
         .serve_with_incoming_shutdown(client_port::incoming(listener, table), shutdown)
-        .await
+        .await;
+    health_task.abort();
+    served
 }
 
 /// Interval of the server's HTTP/2 PINGs on a client connection.

@@ -468,6 +468,10 @@ impl api::Backend for ReplicaBackend {
     fn quota_bytes(&self) -> u64 {
         self.store.read().quota_bytes()
     }
+    fn snapshot(&self) -> (i64, Vec<u8>) {
+        let s = self.store.read();
+        (s.revision(), s.snapshot())
+    }
     fn watch_events(
         &self,
         key: &[u8],
