@@ -324,6 +324,9 @@ pub async fn run<B: api::Backend>(backend: Arc<B>, config: AutoCompaction) {
         }
         AutoCompaction::Periodic { retention } => {
             let mut policy = Periodic::new(retention, Instant::now());
+            // Compacted to by this replica: an idle store's window stays on
+            // one revision, and compacting to it again changes nothing.
+            let mut compacted = 0;
             let interval = policy.interval();
             let mut tick =
                 tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
@@ -337,7 +340,7 @@ pub async fn run<B: api::Backend>(backend: Arc<B>, config: AutoCompaction) {
                 let Some(rev) = policy.due(Instant::now()) else {
                     continue;
                 };
-                if rev <= 0 {
+                if rev <= compacted {
                     policy.done(Instant::now(), true);
                     continue;
                 }
@@ -349,6 +352,7 @@ pub async fn run<B: api::Backend>(backend: Arc<B>, config: AutoCompaction) {
                 let ok = compact(backend.as_ref(), rev).await;
                 policy.done(Instant::now(), ok);
                 if ok {
+                    compacted = rev;
                     tracing::info!(revision = rev, "completed auto periodic compaction");
                 }
             }
