@@ -402,11 +402,15 @@ impl<B: Backend> Maintenance for EtcdApi<B> {
     /// etcd's Maintenance.Snapshot: the local store at one revision as a
     /// bftd snapshot file, in chunks of at most 32 KiB with
     /// `remaining_bytes`, then its sha256 (see [`crate::snapshot`]). The
-    /// first message's header carries the snapshot's revision.
+    /// first message's header carries the snapshot's revision. At most
+    /// `SNAPSHOTS_IN_FLIGHT_MAX` at once ("too many requests" beyond).
     async fn snapshot(
         &self,
         _req: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
+        let slot = crate::snapshot::SNAPSHOT_SLOTS
+            .take()
+            .ok_or_else(|| Status::resource_exhausted(ERR_TOO_MANY_REQUESTS))?;
         let (rev, payload) = self.backend.snapshot();
         tracing::info!(
             revision = rev,
@@ -416,6 +420,7 @@ impl<B: Backend> Maintenance for EtcdApi<B> {
         Ok(Response::new(crate::snapshot::stream(
             payload,
             self.header(rev),
+            slot,
         )))
     }
 

@@ -22,6 +22,7 @@
 //! magic.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use kv::pb::etcdserverpb::{ResponseHeader, SnapshotResponse};
 use sha2::{Digest, Sha256};
@@ -171,6 +172,53 @@ pub fn decode_file(file: &[u8]) -> Result<(&[u8], [u8; CHECKSUM_BYTES]), Snapsho
     Ok((payload, checksum))
 }
 
+/// Most Snapshot streams this process sends at once (etcd: no limit).
+/// Each holds a copy of the store until its client has it all; one more
+/// fails with ResourceExhausted ("etcdserver: too many requests").
+pub const SNAPSHOTS_IN_FLIGHT_MAX: usize = 2;
+
+/// A count of snapshot streams in flight, with a bound.
+#[derive(Debug)]
+pub struct SnapshotSlots {
+    in_flight: AtomicUsize,
+    max: usize,
+}
+
+/// The process's slots: [`SNAPSHOTS_IN_FLIGHT_MAX`].
+pub static SNAPSHOT_SLOTS: SnapshotSlots = SnapshotSlots::new(SNAPSHOTS_IN_FLIGHT_MAX);
+
+impl SnapshotSlots {
+    /// Slots for at most `max` streams.
+    pub const fn new(max: usize) -> Self {
+        Self {
+            in_flight: AtomicUsize::new(0),
+            max,
+        }
+    }
+
+    /// A slot, held until the returned guard is dropped; `None` when all
+    /// `max` are taken.
+    pub fn take(&'static self) -> Option<SnapshotSlot> {
+        self.in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| SnapshotSlot(self))
+    }
+}
+
+/// One taken slot of [`SnapshotSlots`]; dropping it frees the slot.
+#[derive(Debug)]
+pub struct SnapshotSlot(&'static SnapshotSlots);
+
+impl Drop for SnapshotSlot {
+    fn drop(&mut self) {
+        let before = self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        assert!(before > 0);
+    }
+}
+
 /// The messages of one Snapshot stream, made as they are sent: chunks of
 /// at most [`SNAPSHOT_CHUNK_BYTES`] (the first carries `header`), then the
 /// sha256 with `remaining_bytes` 0. Holds the snapshot, never more than
@@ -180,6 +228,8 @@ struct Chunks {
     header: Option<ResponseHeader>,
     sent: usize,
     hasher: Option<Sha256>,
+    /// Freed when the stream ends or its client goes away.
+    _slot: SnapshotSlot,
 }
 
 impl Iterator for Chunks {
@@ -213,13 +263,15 @@ pub type SnapshotStream =
     Pin<Box<dyn Stream<Item = Result<SnapshotResponse, tonic::Status>> + Send>>;
 
 /// The Snapshot stream of a store whose `kv::Store::snapshot` is
-/// `payload`, taken at the revision in `header`.
-pub fn stream(payload: Vec<u8>, header: ResponseHeader) -> SnapshotStream {
+/// `payload`, taken at the revision in `header`; it holds `slot` until it
+/// is dropped.
+pub fn stream(payload: Vec<u8>, header: ResponseHeader, slot: SnapshotSlot) -> SnapshotStream {
     let chunks = Chunks {
         data: SnapshotData::new(payload),
         header: Some(header),
         sent: 0,
         hasher: Some(Sha256::new()),
+        _slot: slot,
     };
     Box::pin(tokio_stream::iter(chunks.map(Ok)))
 }
@@ -363,7 +415,9 @@ mod tests {
         use tokio_stream::StreamExt;
         let payload = store_with(1000).snapshot();
         let data = SnapshotData::new(payload.clone());
-        let mut s = stream(payload, ResponseHeader::default());
+        let slots = Box::leak(Box::new(SnapshotSlots::new(1)));
+        let mut s = stream(payload, ResponseHeader::default(), slots.take().unwrap());
+        assert!(slots.take().is_none(), "one stream holds the only slot");
         let mut got = Vec::new();
         let mut msgs = Vec::new();
         while let Some(m) = s.next().await {
@@ -381,5 +435,7 @@ mod tests {
         assert_eq!(last.blob, Sha256::digest(&got).to_vec());
         got.extend_from_slice(&last.blob);
         assert_eq!(got, data.to_file_bytes());
+        drop(s);
+        assert!(slots.take().is_some(), "a finished stream frees its slot");
     }
 }
