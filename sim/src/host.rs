@@ -175,8 +175,12 @@ impl Host {
             core,
             spare: Some(Box::new(Replica::start(cfg.clone()))),
             taken: Vec::new(),
+            store: {
+                let mut s = kv::Store::new();
+                s.set_lease_votes_needed(node::restore::lease_votes_needed(&cfg));
+                s
+            },
             cfg,
-            store: kv::Store::new(),
             signer,
             verifier: Verifier::new(keyring.clone(), VERIFIER_CACHE),
             keyring,
@@ -543,7 +547,10 @@ impl Host {
     /// connection broke), so they are abandoned.
     fn install(&mut self, env: &mut Env, info: CheckpointInfo, app: &[u8], clients: &ClientTable) {
         self.store = match kv::Store::restore(app) {
-            Ok(s) => s,
+            Ok(mut s) => {
+                s.set_lease_votes_needed(node::restore::lease_votes_needed(&self.cfg));
+                s
+            }
             Err(e) => panic!(
                 "{:?}: control installed checkpoint {} whose kv state does not decode: {e}",
                 self.id, info.cid

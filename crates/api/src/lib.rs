@@ -4,6 +4,8 @@
 //!   protos; kube-apiserver, etcdctl and any clientv3 work unchanged).
 //! - [`watch`]: the Watch service, served from the replica's executed
 //!   history.
+//! - [`lease`]: the Lease service and this replica's lessor (expiry votes
+//!   by its clock, keep-alives renewed in groups).
 //! - [`http`]: `/status` (JSON), `/metrics` (Prometheus text), `/healthz`.
 //! - [`backend::Backend`]: what the API needs from a replica.
 //!
@@ -14,6 +16,7 @@ pub mod backend;
 pub mod client_port;
 pub mod grpc;
 pub mod http;
+pub mod lease;
 pub mod watch;
 
 /// Server traits generated from etcd's `rpc.proto`, over kv's message types.
@@ -40,6 +43,7 @@ pub async fn serve_grpc<B: Backend>(
 ) -> Result<(), tonic::transport::Error> {
     use etcdserverpb::cluster_server::ClusterServer;
     use etcdserverpb::kv_server::KvServer;
+    use etcdserverpb::lease_server::LeaseServer;
     use etcdserverpb::maintenance_server::MaintenanceServer;
     use etcdserverpb::watch_server::WatchServer;
     limits
@@ -47,7 +51,8 @@ pub async fn serve_grpc<B: Backend>(
         .unwrap_or_else(|e| panic!("API limits: {e}"));
     let api = EtcdApi::new(backend, limits);
     let msg_max = limits.grpc_message_bytes_max();
-    tonic::transport::Server::builder()
+    let lessor = tokio::spawn(lease::run_lessor(api.clone()));
+    let served = tonic::transport::Server::builder()
         .max_concurrent_streams(limits.http2_max_concurrent_streams)
         .initial_stream_window_size(limits.http2_stream_window_bytes)
         .initial_connection_window_size(limits.http2_connection_window_bytes)
@@ -62,9 +67,12 @@ pub async fn serve_grpc<B: Backend>(
         .add_service(KvServer::new(api.clone()).max_decoding_message_size(msg_max))
         .add_service(MaintenanceServer::new(api.clone()).max_decoding_message_size(msg_max))
         .add_service(WatchServer::new(api.clone()).max_decoding_message_size(msg_max))
+        .add_service(LeaseServer::new(api.clone()).max_decoding_message_size(msg_max))
         .add_service(ClusterServer::new(api).max_decoding_message_size(msg_max))
         .serve_with_incoming_shutdown(client_port::incoming(listener, table), shutdown)
-        .await
+        .await;
+    lessor.abort();
+    served
 }
 
 /// Interval of the server's HTTP/2 PINGs on a client connection.

@@ -369,6 +369,7 @@ pub fn start_with_io(config: Arc<ClusterConfig>, id: u16, io: Io) -> Result<Runn
         commands_per_request_max: config.api.proxy_bundle_ops_max,
         range_response_bytes_max: config.api.range_response_bytes_max,
         quota_backend_bytes: config.protocol.quota_backend_bytes,
+        lease_votes_needed: node::lease_votes_needed(&config.control_config(id)),
         checkpoints: checkpoints_tx,
         storage,
         snapshot_chunk_bytes: config.control_config(id).snapshot_chunk_bytes,
@@ -481,6 +482,12 @@ impl api::Backend for ReplicaBackend {
     }
     fn revisions(&self) -> tokio::sync::watch::Receiver<i64> {
         self.revisions.clone()
+    }
+    fn leases(&self) -> Vec<kv::LeaseInfo> {
+        self.store.read().leases()
+    }
+    fn lease(&self, id: i64, keys: bool) -> Option<kv::LeaseInfo> {
+        self.store.read().lease(id, keys)
     }
     fn has_leader(&self) -> bool {
         self.status.health(status::now_ms()).is_ok()
