@@ -2,6 +2,7 @@
 //! A real bftd cluster for process-level tests: one `bftd run` child per
 //! replica on 127.0.0.1 with free ports, killed by PID when dropped.
 
+use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -421,6 +422,48 @@ pub fn etcdctl(endpoints: &str, args: &[&str], stdin: Option<&str>) -> (bool, St
         String::from_utf8_lossy(&out.stderr)
     );
     (out.status.success(), text)
+}
+
+/// Runs `etcdctl watch ARGS` against `endpoint` until it printed `lines`
+/// lines (or `timeout` passed), then kills it; returns the lines.
+pub fn etcdctl_watch(
+    endpoint: &str,
+    args: &[&str],
+    lines: usize,
+    timeout: Duration,
+) -> Vec<String> {
+    let mut child = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoint}"))
+        .arg("watch")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("etcdctl is installed (scripts/test.sh installs etcd-client)");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::new();
+    while out.len() < lines {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) => out.push(l),
+            Err(_) => break,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = reader.join();
+    out
 }
 
 pub fn ok_etcdctl(endpoints: &str, args: &[&str]) -> String {
