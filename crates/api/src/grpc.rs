@@ -22,8 +22,12 @@ use crate::etcdserverpb::cluster_server::Cluster;
 use crate::etcdserverpb::kv_server::Kv;
 use crate::etcdserverpb::maintenance_server::Maintenance;
 
-/// The etcd API version bftd implements (reported by Status).
-pub const ETCD_API_VERSION: &str = "3.5.0";
+/// The etcd API version bftd implements (reported by Status). 3.5.13 is the
+/// first release whose `WatchProgressRequest` answers kube-apiserver relies
+/// on (a revision covering every event already sent on the stream, which
+/// `crate::watch` gives); kube-apiserver enables its consistent reads from
+/// the watch cache from it on.
+pub const ETCD_API_VERSION: &str = "3.5.13";
 
 /// etcd's error for a request above the size limit.
 pub const ERR_REQUEST_TOO_LARGE: &str = "etcdserver: request is too large";
