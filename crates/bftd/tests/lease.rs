@@ -169,3 +169,56 @@ fn a_kept_alive_lease_survives_a_leader_sigkill_and_an_idle_one_expires() {
     let ttl = ok_etcdctl(&ep, &["lease", "timetolive", &format!("{idle:x}")]);
     assert!(ttl.contains("already expired"), "{ttl}");
 }
+
+/// etcdctl's `lock` and `elect` (clientv3's concurrency recipes, built on a
+/// session lease, revisions and watches) with two contenders each.
+#[test]
+fn etcdctl_lock_and_elect_with_two_contenders() {
+    let _g = serial();
+    let c = Cluster::start_with("lease-lock", Opts::new(4));
+    let ep = c.endpoints();
+    // Two critical sections under one lock, through different replicas:
+    // they never overlap.
+    let section = "echo in $(date +%s%N); sleep 1; echo out $(date +%s%N)";
+    let a = EtcdctlChild::spawn(&ep[0], &["lock", "L", "--", "sh", "-c", section]);
+    let b = EtcdctlChild::spawn(&ep[2], &["lock", "L", "--", "sh", "-c", section]);
+    let span = |x: &EtcdctlChild| -> (u128, u128) {
+        let mut t = Vec::new();
+        while t.len() < 2 {
+            let line = x
+                .next_line(Duration::from_secs(30))
+                .expect("the critical section ran");
+            if let Some(ns) = line.strip_prefix("in ").or(line.strip_prefix("out ")) {
+                t.push(ns.trim().parse::<u128>().unwrap());
+            }
+        }
+        (t[0], t[1])
+    };
+    let (a_in, a_out) = span(&a);
+    let (b_in, b_out) = span(&b);
+    assert!(
+        a_out <= b_in || b_out <= a_in,
+        "critical sections overlapped: a {a_in}..{a_out}, b {b_in}..{b_out}"
+    );
+
+    // An election: p1 leads, an observer sees it, p2 waits; p1 resigns
+    // (Ctrl-C revokes its session) and p2 leads.
+    let mut p1 = EtcdctlChild::spawn(&ep[0], &["elect", "E", "p1"]);
+    let line = |x: &EtcdctlChild| x.next_line(Duration::from_secs(30)).expect("a line");
+    assert!(line(&p1).starts_with("E/"));
+    assert_eq!(line(&p1), "p1");
+    let observer = EtcdctlChild::spawn(&ep[3], &["elect", "-l", "E"]);
+    assert!(line(&observer).starts_with("E/"));
+    assert_eq!(line(&observer), "p1");
+    let p2 = EtcdctlChild::spawn(&ep[1], &["elect", "E", "p2"]);
+    assert_eq!(
+        p2.next_line(Duration::from_secs(2)),
+        None,
+        "p2 is not elected while p1 leads"
+    );
+    p1.interrupt();
+    assert!(line(&p2).starts_with("E/"));
+    assert_eq!(line(&p2), "p2");
+    assert!(line(&observer).starts_with("E/"));
+    assert_eq!(line(&observer), "p2");
+}

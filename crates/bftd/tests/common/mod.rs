@@ -424,6 +424,59 @@ pub fn etcdctl(endpoints: &str, args: &[&str], stdin: Option<&str>) -> (bool, St
     (out.status.success(), text)
 }
 
+/// A long-running etcdctl (watch, lock, elect) whose stdout is read line by
+/// line. Killed when dropped.
+pub struct EtcdctlChild {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl EtcdctlChild {
+    /// Starts `etcdctl ARGS` against `endpoint`.
+    pub fn spawn(endpoint: &str, args: &[&str]) -> Self {
+        let mut child = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={endpoint}"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcdctl is installed (scripts/test.sh installs etcd-client)");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// The next line printed, if one comes within `timeout`.
+    pub fn next_line(&self, timeout: Duration) -> Option<String> {
+        self.lines.recv_timeout(timeout).ok()
+    }
+
+    /// SIGINT, as Ctrl-C: etcdctl closes its session (revokes its lease).
+    pub fn interrupt(&mut self) {
+        // SAFETY: signalling a child we spawned and have not reaped.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGINT);
+        }
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for EtcdctlChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Runs `etcdctl watch ARGS` against `endpoint` until it printed `lines`
 /// lines (or `timeout` passed), then kills it; returns the lines.
 pub fn etcdctl_watch(
@@ -432,37 +485,17 @@ pub fn etcdctl_watch(
     lines: usize,
     timeout: Duration,
 ) -> Vec<String> {
-    let mut child = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={endpoint}"))
-        .arg("watch")
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("etcdctl is installed (scripts/test.sh installs etcd-client)");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let mut argv = vec!["watch"];
+    argv.extend_from_slice(args);
+    let child = EtcdctlChild::spawn(endpoint, &argv);
     let deadline = Instant::now() + timeout;
     let mut out = Vec::new();
     while out.len() < lines {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(l) => out.push(l),
-            Err(_) => break,
+        match child.next_line(deadline.saturating_duration_since(Instant::now())) {
+            Some(l) => out.push(l),
+            None => break,
         }
     }
-    let _ = child.kill();
-    let _ = child.wait();
-    let _ = reader.join();
     out
 }
 
