@@ -49,6 +49,10 @@ pub const ERR_NO_LEADER: &str = "etcdserver: no leader";
 /// `WithRequireLeader`).
 pub const METADATA_REQUIRE_LEADER: (&str, &str) = ("hasleader", "true");
 
+/// How often a stream opened with `hasleader=true` checks that the replica
+/// still has a working regency.
+const LEADER_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Responses queued per stream before the task waits for the client.
 const STREAM_QUEUE_RESPONSES: usize = 64;
 
@@ -137,19 +141,25 @@ impl<B: Backend> Session<B> {
         let interval = self.limits().watch_progress_notify_interval;
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut leader_check = tokio::time::interval(LEADER_CHECK_INTERVAL);
+        leader_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // etcd keeps sending events after the client closed its sending
+        // side; the stream ends when the client goes away.
+        let mut reading = true;
         loop {
             let pending = self.watchers.values().any(|w| w.next_revision <= known);
             tokio::select! {
                 biased;
                 () = tx.closed() => break,
-                msg = inbound.message() => match msg {
+                msg = inbound.message(), if reading => match msg {
                     Ok(Some(req)) => {
                         if self.handle(req, &tx).await.is_err() {
                             break;
                         }
                     }
-                    // The client closed its side or the stream broke.
-                    Ok(None) | Err(_) => break,
+                    Ok(None) => reading = false,
+                    // The stream broke.
+                    Err(_) => break,
                 },
                 permit = tx.reserve(), if pending => {
                     let Ok(permit) = permit else { break };
@@ -165,12 +175,12 @@ impl<B: Backend> Session<B> {
                     }
                     known = *revisions.borrow_and_update();
                 }
-                _ = ticker.tick() => {
-                    if self.require_leader && !self.api.backend().has_leader() {
+                _ = ticker.tick() => self.progress_tick(known, &tx),
+                _ = leader_check.tick(), if self.require_leader => {
+                    if !self.api.backend().has_leader() {
                         let _ = tx.send(Err(Status::unavailable(ERR_NO_LEADER))).await;
                         break;
                     }
-                    self.progress_tick(known, &tx);
                 }
             }
         }
@@ -701,6 +711,22 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(events(&next(&mut w).await)[0].3, "live");
+    }
+
+    #[tokio::test]
+    async fn events_keep_coming_after_the_client_closed_its_sending_side() {
+        let mut s = serve(ApiLimits::default()).await;
+        let mut w = s.client.watch("k", None).await.unwrap();
+        assert!(next(&mut w).await.created());
+        let (sender, mut events) = w.split();
+        drop(sender);
+        s.client.put("k", "v", None).await.unwrap();
+        let r = tokio::time::timeout(WAIT, events.message())
+            .await
+            .expect("an event in time")
+            .unwrap()
+            .expect("the stream is open");
+        assert_eq!(r.events().len(), 1);
     }
 
     #[tokio::test]
