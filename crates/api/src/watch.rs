@@ -23,6 +23,7 @@
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use kv::pb::etcdserverpb::{
     watch_create_request::FilterType, watch_request::RequestUnion, WatchCreateRequest,
@@ -61,6 +62,35 @@ const STREAM_QUEUE_RESPONSES: usize = 64;
 const NO_WATCH_ID: i64 = -1;
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
+
+/// Watch counters of this process (its one client port), for metrics.
+#[derive(Debug, Default)]
+pub struct WatchStats {
+    /// Watch streams open now.
+    pub streams: AtomicU64,
+    /// Watchers open now, over all streams.
+    pub watchers: AtomicU64,
+    /// Events sent, over all watchers.
+    pub events_sent: AtomicU64,
+    /// Watchers canceled because compaction passed them.
+    pub compacted: AtomicU64,
+}
+
+/// The process's watch counters.
+pub static STATS: WatchStats = WatchStats {
+    streams: AtomicU64::new(0),
+    watchers: AtomicU64::new(0),
+    events_sent: AtomicU64::new(0),
+    compacted: AtomicU64::new(0),
+};
+
+fn bump(c: &AtomicU64, by: i64) {
+    if by >= 0 {
+        c.fetch_add(by as u64, Ordering::Relaxed);
+    } else {
+        c.fetch_sub(by.unsigned_abs(), Ordering::Relaxed);
+    }
+}
 
 #[tonic::async_trait]
 impl<B: Backend> Watch for EtcdApi<B> {
@@ -135,7 +165,14 @@ impl<B: Backend> Session<B> {
 
     /// The stream loop: requests, new revisions, progress ticks, and
     /// sending what watchers have pending while the client keeps up.
-    async fn run(mut self, mut inbound: Streaming<WatchRequest>, tx: Out) {
+    async fn run(mut self, inbound: Streaming<WatchRequest>, tx: Out) {
+        bump(&STATS.streams, 1);
+        self.serve(inbound, tx).await;
+        bump(&STATS.streams, -1);
+        bump(&STATS.watchers, -(self.watchers.len() as i64));
+    }
+
+    async fn serve(&mut self, mut inbound: Streaming<WatchRequest>, tx: Out) {
         let mut revisions = self.api.backend().revisions();
         let mut known = *revisions.borrow_and_update();
         let interval = self.limits().watch_progress_notify_interval;
@@ -207,6 +244,7 @@ impl<B: Backend> Session<B> {
                 if self.watchers.remove(&c.watch_id).is_none() {
                     return Ok(());
                 }
+                bump(&STATS.watchers, -1);
                 WatchResponse {
                     canceled: true,
                     ..self.response(self.revision_now(), c.watch_id)
@@ -284,6 +322,7 @@ impl<B: Backend> Session<B> {
                 sent_since_tick: false,
             },
         );
+        bump(&STATS.watchers, 1);
         WatchResponse {
             created: true,
             ..self.response(now, id)
@@ -320,6 +359,8 @@ impl<B: Backend> Session<B> {
                 // etcd: the watcher gets the compaction revision and is
                 // canceled.
                 self.watchers.remove(&id);
+                bump(&STATS.watchers, -1);
+                bump(&STATS.compacted, 1);
                 permit.send(Ok(WatchResponse {
                     compact_revision,
                     canceled: true,
@@ -353,6 +394,7 @@ impl<B: Backend> Session<B> {
             return Ok(());
         }
         w.sent_since_tick = true;
+        bump(&STATS.events_sent, events.len() as i64);
         let fragment = w.fragment;
         let resp = WatchResponse {
             events,

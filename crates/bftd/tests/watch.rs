@@ -161,6 +161,10 @@ fn a_watcher_sees_every_acknowledged_put_once_and_in_order_across_a_leader_sigki
 
     let seen = seen.lock().unwrap();
     assert!(
+        c.metric(at, "bftd_watch_events_sent_total") >= seen.len() as u64,
+        "the replica counts the events it sent"
+    );
+    assert!(
         seen.windows(2).all(|w| w[0].2 < w[1].2),
         "revisions strictly ascend (in order, none twice)"
     );

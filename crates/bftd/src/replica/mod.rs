@@ -655,6 +655,28 @@ impl Source for Observer {
             "Snapshot chunks ignored (not asked for, not from the asked source)",
             c.transfer_ignored_chunks,
         ));
+        let w = &api::watch::STATS;
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        v.push(Sample::gauge(
+            "watch_streams",
+            "Watch streams open",
+            load(&w.streams),
+        ));
+        v.push(Sample::gauge(
+            "watchers",
+            "Watchers open, over all streams",
+            load(&w.watchers),
+        ));
+        v.push(Sample::counter(
+            "watch_events_sent",
+            "Watch events sent, over all watchers",
+            load(&w.events_sent),
+        ));
+        v.push(Sample::counter(
+            "watchers_compacted",
+            "Watchers canceled because compaction passed them",
+            load(&w.compacted),
+        ));
         for m in self.nic.metrics() {
             let name = m.name.strip_suffix("_total").unwrap_or(m.name);
             let mut sample =
