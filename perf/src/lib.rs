@@ -13,3 +13,4 @@ pub mod netns;
 pub mod plot;
 pub mod procs;
 pub mod report;
+pub mod watch_bench;

@@ -13,6 +13,7 @@ use perf::flooder::{self, FloodKind};
 use perf::kv_compare::{self, KvCompareConfig, System};
 use perf::loadgen::{self, KeyShape, LoadgenConfig, Op};
 use perf::procs;
+use perf::watch_bench::{self, WatchBenchConfig};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -32,6 +33,9 @@ enum Command {
     /// Start a loopback etcd cluster and the bftd demo cluster in turn and
     /// measure both with the same load generator.
     KvCompare(KvCompareArgs),
+    /// Watch side by side: put -> event latency at a watcher on another
+    /// member/replica, and many watchers on one (RSS, events/s fan-out).
+    Watch(WatchArgs),
     /// Crash (SIGKILL) the leader under write load and measure the failover
     /// time, writer pauses, errors and lost writes; etcd and bftd.
     Failover(FailoverArgs),
@@ -131,6 +135,50 @@ struct KvCompareArgs {
     #[arg(long, default_value_t = 10379)]
     bftd_base_port: u16,
     /// Bound on the wait for a cluster to accept puts on every endpoint.
+    #[arg(long, default_value_t = 60)]
+    ready_timeout_s: u64,
+}
+
+#[derive(Args, Debug)]
+struct WatchArgs {
+    /// Puts of the latency measurement (one writer, closed loop).
+    #[arg(long, default_value_t = 2000)]
+    puts: u32,
+    /// Watchers of the fan-out measurement, all on member/replica 1.
+    #[arg(long, default_value_t = 10_000)]
+    watchers: u32,
+    /// Watchers per gRPC stream (bftd's default allows 128 streams per
+    /// connection; each stream here has its own connection).
+    #[arg(long, default_value_t = 100)]
+    watchers_per_stream: u32,
+    /// Puts of the fan-out measurement, and their rate per second.
+    #[arg(long, default_value_t = 200)]
+    fanout_puts: u32,
+    #[arg(long, default_value_t = 100)]
+    fanout_rate: u32,
+    #[arg(long, default_value_t = 64)]
+    value_bytes: usize,
+    #[arg(long, default_value = "target/release/bftd")]
+    bftd_bin: PathBuf,
+    #[arg(long, default_value = "/usr/bin/etcd")]
+    etcd_bin: PathBuf,
+    /// bftd's durability (etcd 3.4 always fsyncs).
+    #[arg(long, value_enum, default_value = "fsync")]
+    durability: Durability,
+    /// Results, logs and (temporary) data dirs go here.
+    #[arg(long, default_value = "perf/out")]
+    out: PathBuf,
+    /// Run only one system.
+    #[arg(long, value_enum)]
+    only: Option<System>,
+    #[arg(long, default_value_t = 3)]
+    etcd_members: usize,
+    #[arg(long, default_value_t = 32379)]
+    etcd_base_port: u16,
+    #[arg(long, default_value_t = 4)]
+    bftd_replicas: u16,
+    #[arg(long, default_value_t = 10379)]
+    bftd_base_port: u16,
     #[arg(long, default_value_t = 60)]
     ready_timeout_s: u64,
 }
@@ -352,6 +400,27 @@ fn run(cli: Cli) -> Result<()> {
                 out_dir: args.out,
             };
             kv_compare::run(&runtime, &config)?;
+        }
+        Command::Watch(args) => {
+            let config = WatchBenchConfig {
+                systems: systems(args.only),
+                puts: args.puts,
+                watchers: args.watchers,
+                watchers_per_stream: args.watchers_per_stream,
+                fanout_puts: args.fanout_puts,
+                fanout_rate: args.fanout_rate,
+                value_bytes: args.value_bytes,
+                etcd_bin: args.etcd_bin,
+                etcd_members: args.etcd_members,
+                etcd_base_port: args.etcd_base_port,
+                bftd_bin: args.bftd_bin,
+                bftd_replicas: args.bftd_replicas,
+                bftd_base_port: args.bftd_base_port,
+                durability: args.durability.name().to_string(),
+                ready_timeout: Duration::from_secs(args.ready_timeout_s),
+                out_dir: args.out,
+            };
+            watch_bench::run(&runtime, &config)?;
         }
         Command::Failover(args) => {
             let config = FailoverConfig {

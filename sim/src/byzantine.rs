@@ -107,6 +107,12 @@ pub enum Behavior {
     /// Floods every replica with valid requests of its own client (fresh
     /// seqs far ahead), far more than the pending pools hold.
     RequestFlood,
+    /// A lessor that lies: on every tick it votes, through its own proxy,
+    /// that every lease it knows expired (its current epoch), however
+    /// recently granted or renewed. Its messages are otherwise honest. Not
+    /// in the drawn pools (adding it would change what every seed draws);
+    /// pinned by `tests/byzantine.rs`.
+    EarlyLeaseExpiry,
 }
 
 impl Behavior {
@@ -162,6 +168,7 @@ impl Behavior {
             Behavior::WrongBatch => "wrong-batch",
             Behavior::OutOfOrderProof => "out-of-order-proof",
             Behavior::RequestFlood => "request-flood",
+            Behavior::EarlyLeaseExpiry => "early-lease-expiry",
         }
     }
 
@@ -200,6 +207,8 @@ impl Behavior {
                 ..StopDataLies::default()
             }),
             Behavior::RequestFlood => Box::new(RequestFlood),
+            // Its lie is in what its proxy orders (`Host::tick`).
+            Behavior::EarlyLeaseExpiry => Box::new(Honest),
         }
     }
 }
@@ -275,6 +284,8 @@ pub struct ByzStats {
     pub chunks_injected: u64,
     /// Valid requests of its own client sent in floods.
     pub flood_requests: u64,
+    /// Early lease expiry votes its proxy submitted.
+    pub lease_votes: u64,
     /// FETCHes answered with a batch of the wrong digest.
     pub wrong_batches: u64,
 }

@@ -39,6 +39,9 @@ pub enum Check {
     KvError,
     /// A forged request (bad signature) was executed.
     Forgery,
+    /// A lease expired on the votes of fewer than f+1 replicas (only
+    /// Byzantine ones voted).
+    Lease,
     /// After the faults healed, an operation did not complete or a correct
     /// replica did not catch up in time.
     Liveness,

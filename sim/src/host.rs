@@ -14,7 +14,7 @@
 //! production restart path (checkpoint, decisions replayed, votes of open
 //! instances recovered).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use control::checkpoint::Prepared;
@@ -37,6 +37,11 @@ use crate::world::Env;
 
 /// Most commands decoded from one request (as the real executor bounds it).
 pub const COMMANDS_PER_REQUEST_MAX: usize = 64;
+/// The caller of an operation no simulated client made (the lease a run
+/// with [`Behavior::EarlyLeaseExpiry`] sets up, the lying votes): its
+/// result is not reported to the history.
+pub const NO_CALLER: (usize, OpId) = (usize::MAX, OpId::MAX);
+
 /// Capacity of each verifier's cache of verified request digests.
 const VERIFIER_CACHE: usize = 1024;
 
@@ -77,6 +82,7 @@ impl Proxy {
         for callers in self.outstanding.drain() {
             all.extend(callers);
         }
+        all.retain(|c| *c != NO_CALLER);
         all
     }
 }
@@ -148,6 +154,8 @@ pub struct Host {
     pub stats: HostStats,
     /// What the core asked the network for lately.
     pub watch: Watch,
+    /// Lease epochs this replica voted expired ([`Behavior::EarlyLeaseExpiry`]).
+    lease_votes: BTreeSet<(i64, u64)>,
 }
 
 impl Host {
@@ -175,8 +183,12 @@ impl Host {
             core,
             spare: Some(Box::new(Replica::start(cfg.clone()))),
             taken: Vec::new(),
+            store: {
+                let mut s = kv::Store::new();
+                s.set_lease_votes_needed(node::restore::lease_votes_needed(&cfg));
+                s
+            },
             cfg,
-            store: kv::Store::new(),
             signer,
             verifier: Verifier::new(keyring.clone(), VERIFIER_CACHE),
             keyring,
@@ -188,6 +200,7 @@ impl Host {
             up: true,
             stats: HostStats::default(),
             watch: Watch::default(),
+            lease_votes: BTreeSet::new(),
         }
     }
 
@@ -430,9 +443,42 @@ impl Host {
             self.stats.requests_resent += 1;
             self.send_own_request(env, signed);
         }
+        if self.behavior == Some(Behavior::EarlyLeaseExpiry) && self.up {
+            self.vote_leases_expired();
+        }
         let mut out = Vec::new();
         self.core.on_tick(&mut out);
         self.carry_out(env, &mut out);
+    }
+
+    /// [`Behavior::EarlyLeaseExpiry`]: votes that every lease it knows
+    /// expired, once per lease epoch, as soon as it sees the epoch.
+    fn vote_leases_expired(&mut self) {
+        let due: Vec<kv::pb::bftdkv::LeaseEpoch> = self
+            .store
+            .leases()
+            .into_iter()
+            .filter(|l| self.lease_votes.insert((l.id, l.epoch)))
+            .map(|l| kv::pb::bftdkv::LeaseEpoch {
+                id: l.id,
+                epoch: l.epoch,
+            })
+            .collect();
+        if !due.is_empty() {
+            self.byz_stats.lease_votes += due.len() as u64;
+            let vote = kv::pb::bftdkv::LeaseExpire { leases: due };
+            self.proxy
+                .queue
+                .push_back((NO_CALLER.0, NO_CALLER.1, vote.into()));
+        }
+    }
+
+    /// Queues an operation no simulated client made (see [`NO_CALLER`]).
+    pub fn submit_uncalled(&mut self, command: Command) {
+        assert!(self.up);
+        self.proxy
+            .queue
+            .push_back((NO_CALLER.0, NO_CALLER.1, command));
     }
 
     /// The executor: applies a decision to the kv store, as bftd's
@@ -456,8 +502,10 @@ impl Host {
                         results.len(),
                         "one result per bundled operation"
                     );
-                    for ((_, op), res) in callers.into_iter().zip(results) {
-                        env.complete(op, res);
+                    for (caller, res) in callers.into_iter().zip(results) {
+                        if caller != NO_CALLER {
+                            env.complete(caller.1, res);
+                        }
                     }
                 }
                 (callers, Err(e)) => {
@@ -543,7 +591,10 @@ impl Host {
     /// connection broke), so they are abandoned.
     fn install(&mut self, env: &mut Env, info: CheckpointInfo, app: &[u8], clients: &ClientTable) {
         self.store = match kv::Store::restore(app) {
-            Ok(s) => s,
+            Ok(mut s) => {
+                s.set_lease_votes_needed(node::restore::lease_votes_needed(&self.cfg));
+                s
+            }
             Err(e) => panic!(
                 "{:?}: control installed checkpoint {} whose kv state does not decode: {e}",
                 self.id, info.cid

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use wire::{Keyring, ReplicaId, SecretKey, Signer};
 
-use crate::byzantine::{ByzStats, Collusion, FORGED_KEY_PREFIX};
+use crate::byzantine::{Behavior, ByzStats, Collusion, FORGED_KEY_PREFIX};
 use crate::checkers::{Check, Checker, Violation};
 use crate::diagnosis::{Cause, Watch};
 use crate::disk::Disk;
@@ -69,11 +69,20 @@ impl Env {
     }
 }
 
+/// The lease a run with a [`Behavior::EarlyLeaseExpiry`] replica grants.
+pub const SIM_LEASE_ID: i64 = 7_000_001;
+/// The key put with [`SIM_LEASE_ID`].
+pub const SIM_LEASE_KEY: &[u8] = b"lease/held";
+/// When that lease is set up, tick.
+const LEASE_SETUP_TICK: u64 = 1;
+
 /// Totals of a run.
 #[derive(Debug, Default, Clone)]
 pub struct RunStats {
     /// Ticks run.
     pub ticks: u64,
+    /// Live correct replicas holding lease [`SIM_LEASE_ID`] at the end.
+    pub lease_holders: usize,
     /// Highest cid decided at a correct replica.
     pub decisions: u64,
     /// Client operations called.
@@ -307,6 +316,9 @@ impl World {
                 self.hosts[i].restart(&mut self.env);
             }
         }
+        if now == LEASE_SETUP_TICK {
+            self.set_up_lease();
+        }
         if !self.healed {
             self.clients_call();
         }
@@ -427,6 +439,7 @@ impl World {
         let findings = linearizability::check_history(&self.env.history, now);
         violations.extend(findings.violations);
         violations.extend(self.forgery_violations());
+        violations.extend(self.lease_violations());
         violations.extend(self.client_table_violations());
         let report = Report {
             seed: self.env.params.seed,
@@ -604,6 +617,70 @@ impl World {
 
     /// Correct replicas at the same cid must have the same executed-request
     /// table (it decides what executes; it travels with checkpoints).
+    /// With a [`Behavior::EarlyLeaseExpiry`] replica in the run: a correct
+    /// replica grants lease [`SIM_LEASE_ID`] (a TTL far beyond the run) and
+    /// puts [`SIM_LEASE_KEY`] with it. No correct replica runs a lessor
+    /// here, so only the liars ever vote it expired.
+    fn set_up_lease(&mut self) {
+        if !self
+            .hosts
+            .iter()
+            .any(|h| h.behavior == Some(Behavior::EarlyLeaseExpiry))
+        {
+            return;
+        }
+        let Some(h) = self.hosts.iter_mut().find(|h| h.is_correct() && h.up) else {
+            return;
+        };
+        h.submit_uncalled(
+            kv::pb::etcdserverpb::LeaseGrantRequest {
+                ttl: 1 << 30,
+                id: SIM_LEASE_ID,
+            }
+            .into(),
+        );
+        h.submit_uncalled(
+            kv::pb::etcdserverpb::PutRequest {
+                key: SIM_LEASE_KEY.to_vec(),
+                value: b"held".to_vec(),
+                lease: SIM_LEASE_ID,
+                ..Default::default()
+            }
+            .into(),
+        );
+    }
+
+    /// The lease of [`World::set_up_lease`] expired at a correct replica:
+    /// its key was deleted, or the key is there and the lease is not. Only
+    /// f+1 replicas' votes may expire a lease, and here at most f (the
+    /// Byzantine ones) vote.
+    fn lease_violations(&self) -> Vec<Violation> {
+        let mut out = Vec::new();
+        for h in self.live_correct() {
+            let page = h
+                .store
+                .watch_events(SIM_LEASE_KEY, b"", 1, usize::MAX)
+                .unwrap_or_default();
+            let deleted = page
+                .events
+                .iter()
+                .any(|e| e.r#type == kv::pb::mvccpb::event::EventType::Delete as i32);
+            let orphan = !page.events.is_empty() && h.store.lease(SIM_LEASE_ID, false).is_none();
+            if deleted || orphan {
+                out.push(Violation {
+                    check: Check::Lease,
+                    tick: self.env.now,
+                    detail: format!(
+                        "{:?}: lease {SIM_LEASE_ID} expired with at most f replicas voting \
+                         (key deleted: {deleted})",
+                        h.id
+                    ),
+                });
+            }
+        }
+        out
+    }
+
     fn client_table_violations(&self) -> Vec<Violation> {
         let mut out = Vec::new();
         let mut by_cid: BTreeMap<u64, ReplicaId> = BTreeMap::new();
@@ -658,6 +735,9 @@ impl World {
                 s.restarts += h.stats.crashes;
                 s.recovered_decisions += h.stats.recovered_decisions;
                 s.ops_indeterminate += h.stats.ops_indeterminate;
+                if h.up && h.store.lease(SIM_LEASE_ID, false).is_some() {
+                    s.lease_holders += 1;
+                }
             }
             let b = &h.byz_stats;
             let t = &mut s.byzantine;
@@ -675,6 +755,7 @@ impl World {
             t.transfer_lies += b.transfer_lies;
             t.chunks_injected += b.chunks_injected;
             t.flood_requests += b.flood_requests;
+            t.lease_votes += b.lease_votes;
             t.wrong_batches += b.wrong_batches;
         }
         s

@@ -380,6 +380,28 @@ fn a_replica_flooding_requests_does_not_starve_the_others() {
 }
 
 #[test]
+fn replicas_voting_a_lease_expired_early_cannot_expire_it() {
+    // The liars vote every lease epoch expired as soon as they see it
+    // (a Byzantine leader's early expiry included); correct replicas run
+    // no lessor here, so any expiry is the liars' doing alone.
+    let reports = runs(Profile::Full, 1750, |p| {
+        // The first leader and the f-1 highest replicas.
+        on_last(p, p.f() - 1, Behavior::EarlyLeaseExpiry);
+        p.byzantine.push((ReplicaId(0), Behavior::EarlyLeaseExpiry));
+        let liars: Vec<ReplicaId> = p.byzantine.iter().map(|(r, _)| *r).collect();
+        p.crashes.retain(|c| !liars.contains(&c.replica));
+    });
+    check(&reports);
+    assert!(sum(&reports, |r| r.stats.byzantine.lease_votes) > 0);
+    let held = reports.iter().filter(|r| r.stats.lease_holders > 0).count();
+    assert!(
+        held * 4 >= reports.len() * 3,
+        "the lease was granted and held in only {held} of {} runs",
+        reports.len()
+    );
+}
+
+#[test]
 fn junk_chunks_raced_during_state_transfer_never_stall_it() {
     // As `lying_state_transfer_sources_never_install_a_bad_state`, with
     // small chunks (many per checkpoint) and the liars racing junk chunks.

@@ -92,6 +92,11 @@ pub trait Backend: Send + Sync + 'static {
     /// a checkpoint installed by state transfer): what wakes watchers. The
     /// sender going away means the replica stopped.
     fn revisions(&self) -> tokio::sync::watch::Receiver<i64>;
+    /// The leases granted in the local store (`kv::Store::leases`).
+    fn leases(&self) -> Vec<kv::LeaseInfo>;
+    /// Lease `id` in the local store, with its keys when `keys`
+    /// (`kv::Store::lease`).
+    fn lease(&self, id: i64, keys: bool) -> Option<kv::LeaseInfo>;
     /// Whether this replica has a working regency (etcd: a leader). Watch
     /// streams opened with `hasleader=true` fail with "etcdserver: no
     /// leader" while it has not.

@@ -23,8 +23,12 @@ use crate::etcdserverpb::cluster_server::Cluster;
 use crate::etcdserverpb::kv_server::Kv;
 use crate::etcdserverpb::maintenance_server::Maintenance;
 
-/// The etcd API version bftd implements (reported by Status).
-pub const ETCD_API_VERSION: &str = "3.5.0";
+/// The etcd API version bftd implements (reported by Status). 3.5.13 is the
+/// first release whose `WatchProgressRequest` answers kube-apiserver relies
+/// on (a revision covering every event already sent on the stream, which
+/// `crate::watch` gives); kube-apiserver enables its consistent reads from
+/// the watch cache from it on.
+pub const ETCD_API_VERSION: &str = "3.5.13";
 
 /// etcd's error for a request above the size limit.
 pub const ERR_REQUEST_TOO_LARGE: &str = "etcdserver: request is too large";
@@ -86,6 +90,9 @@ pub struct ApiLimits {
     /// its other watchers (default 10000): bounds the time one far-behind
     /// watcher holds the store's read lock. A revision is never split.
     pub watch_scan_changes_max: usize,
+    /// How often this replica's lessor looks for leases its clock says
+    /// expired (default 500 ms): an expiry vote leaves at most this late.
+    pub lease_check_interval: Duration,
 }
 
 impl Default for ApiLimits {
@@ -104,6 +111,7 @@ impl Default for ApiLimits {
             watch_progress_notify_interval: Duration::from_secs(600),
             watches_per_stream_max: 65_536,
             watch_scan_changes_max: 10_000,
+            lease_check_interval: Duration::from_millis(500),
         }
     }
 }
@@ -118,6 +126,9 @@ impl ApiLimits {
     /// Checks the limits fit together; the error names the field.
     pub fn validate(&self) -> Result<(), String> {
         let message = self.grpc_message_bytes_max() + 5;
+        if self.lease_check_interval.is_zero() {
+            return Err("lease_check_interval must be positive".into());
+        }
         if self.watch_progress_notify_interval.is_zero() {
             return Err("watch_progress_notify_interval must be positive".into());
         }
@@ -159,6 +170,7 @@ impl ApiLimits {
 pub struct EtcdApi<B: Backend> {
     backend: Arc<B>,
     limits: ApiLimits,
+    lessor: Arc<crate::lease::Lessor>,
 }
 
 impl<B: Backend> Clone for EtcdApi<B> {
@@ -166,6 +178,7 @@ impl<B: Backend> Clone for EtcdApi<B> {
         Self {
             backend: self.backend.clone(),
             limits: self.limits,
+            lessor: self.lessor.clone(),
         }
     }
 }
@@ -177,7 +190,15 @@ pub fn kv_status(e: &KvError) -> Status {
 
 impl<B: Backend> EtcdApi<B> {
     pub fn new(backend: Arc<B>, limits: ApiLimits) -> Self {
-        Self { backend, limits }
+        Self {
+            backend,
+            limits,
+            lessor: Arc::default(),
+        }
+    }
+
+    pub(crate) fn lessor(&self) -> &crate::lease::Lessor {
+        &self.lessor
     }
 
     pub(crate) fn backend(&self) -> &Arc<B> {
@@ -202,7 +223,7 @@ impl<B: Backend> EtcdApi<B> {
 
     /// Validates, orders (or, for serializable reads, serves locally) and
     /// waits for one command.
-    async fn run(&self, command: Command) -> Result<kv::Response, Status> {
+    pub(crate) async fn run(&self, command: Command) -> Result<kv::Response, Status> {
         let started = std::time::Instant::now();
         let r = self.run_inner(command).await;
         self.backend.observe_request(started.elapsed());
@@ -500,7 +521,8 @@ pub(crate) mod tests {
         {
             let (tx, rx) = tokio::sync::oneshot::channel();
             let mut store = self.store.lock().unwrap();
-            let _ = tx.send(store.apply(&command));
+            // The one replica (id 0) of a one-store cluster.
+            let _ = tx.send(store.apply_from(Some(0), &command));
             self.revisions.send_replace(store.revision());
             Ok(rx)
         }
@@ -518,6 +540,12 @@ pub(crate) mod tests {
         }
         fn revisions(&self) -> tokio::sync::watch::Receiver<i64> {
             self.revisions.subscribe()
+        }
+        fn leases(&self) -> Vec<kv::LeaseInfo> {
+            self.store.lock().unwrap().leases()
+        }
+        fn lease(&self, id: i64, keys: bool) -> Option<kv::LeaseInfo> {
+            self.store.lock().unwrap().lease(id, keys)
         }
         fn validate(&self, command: &Command) -> Result<(), KvError> {
             self.store.lock().unwrap().validate(command)

@@ -4,6 +4,8 @@
 //!   protos; kube-apiserver, etcdctl and any clientv3 work unchanged).
 //! - [`watch`]: the Watch service, served from the replica's executed
 //!   history.
+//! - [`lease`]: the Lease service and this replica's lessor (expiry votes
+//!   by its clock, keep-alives renewed in groups).
 //! - [`http`]: `/status` (JSON), `/metrics` (Prometheus text), `/healthz`.
 //! - [`health`]: the gRPC health service (`grpc.health.v1.Health`).
 //! - [`snapshot`]: Maintenance.Snapshot's stream and file format.
@@ -17,6 +19,7 @@ pub mod client_port;
 pub mod grpc;
 pub mod health;
 pub mod http;
+pub mod lease;
 pub mod snapshot;
 pub mod watch;
 
@@ -45,6 +48,7 @@ pub async fn serve_grpc<B: Backend>(
 ) -> Result<(), tonic::transport::Error> {
     use etcdserverpb::cluster_server::ClusterServer;
     use etcdserverpb::kv_server::KvServer;
+    use etcdserverpb::lease_server::LeaseServer;
     use etcdserverpb::maintenance_server::MaintenanceServer;
     use etcdserverpb::watch_server::WatchServer;
     limits
@@ -54,6 +58,7 @@ pub async fn serve_grpc<B: Backend>(
         health::start(backend.clone(), health::HEALTH_POLL_INTERVAL).await;
     let api = EtcdApi::new(backend, limits);
     let msg_max = limits.grpc_message_bytes_max();
+    let lessor = tokio::spawn(lease::run_lessor(api.clone()));
     let served = tonic::transport::Server::builder()
         .max_concurrent_streams(limits.http2_max_concurrent_streams)
         .initial_stream_window_size(limits.http2_stream_window_bytes)
@@ -69,11 +74,13 @@ pub async fn serve_grpc<B: Backend>(
         .add_service(KvServer::new(api.clone()).max_decoding_message_size(msg_max))
         .add_service(MaintenanceServer::new(api.clone()).max_decoding_message_size(msg_max))
         .add_service(WatchServer::new(api.clone()).max_decoding_message_size(msg_max))
+        .add_service(LeaseServer::new(api.clone()).max_decoding_message_size(msg_max))
         .add_service(ClusterServer::new(api).max_decoding_message_size(msg_max))
         .add_service(health_service)
         .serve_with_incoming_shutdown(client_port::incoming(listener, table), shutdown)
         .await;
     health_task.abort();
+    lessor.abort();
     served
 }
 

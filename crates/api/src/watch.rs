@@ -23,6 +23,7 @@
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use kv::pb::etcdserverpb::{
     watch_create_request::FilterType, watch_request::RequestUnion, WatchCreateRequest,
@@ -49,6 +50,10 @@ pub const ERR_NO_LEADER: &str = "etcdserver: no leader";
 /// `WithRequireLeader`).
 pub const METADATA_REQUIRE_LEADER: (&str, &str) = ("hasleader", "true");
 
+/// How often a stream opened with `hasleader=true` checks that the replica
+/// still has a working regency.
+const LEADER_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Responses queued per stream before the task waits for the client.
 const STREAM_QUEUE_RESPONSES: usize = 64;
 
@@ -57,6 +62,35 @@ const STREAM_QUEUE_RESPONSES: usize = 64;
 const NO_WATCH_ID: i64 = -1;
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
+
+/// Watch counters of this process (its one client port), for metrics.
+#[derive(Debug, Default)]
+pub struct WatchStats {
+    /// Watch streams open now.
+    pub streams: AtomicU64,
+    /// Watchers open now, over all streams.
+    pub watchers: AtomicU64,
+    /// Events sent, over all watchers.
+    pub events_sent: AtomicU64,
+    /// Watchers canceled because compaction passed them.
+    pub compacted: AtomicU64,
+}
+
+/// The process's watch counters.
+pub static STATS: WatchStats = WatchStats {
+    streams: AtomicU64::new(0),
+    watchers: AtomicU64::new(0),
+    events_sent: AtomicU64::new(0),
+    compacted: AtomicU64::new(0),
+};
+
+fn bump(c: &AtomicU64, by: i64) {
+    if by >= 0 {
+        c.fetch_add(by as u64, Ordering::Relaxed);
+    } else {
+        c.fetch_sub(by.unsigned_abs(), Ordering::Relaxed);
+    }
+}
 
 #[tonic::async_trait]
 impl<B: Backend> Watch for EtcdApi<B> {
@@ -131,25 +165,38 @@ impl<B: Backend> Session<B> {
 
     /// The stream loop: requests, new revisions, progress ticks, and
     /// sending what watchers have pending while the client keeps up.
-    async fn run(mut self, mut inbound: Streaming<WatchRequest>, tx: Out) {
+    async fn run(mut self, inbound: Streaming<WatchRequest>, tx: Out) {
+        bump(&STATS.streams, 1);
+        self.serve(inbound, tx).await;
+        bump(&STATS.streams, -1);
+        bump(&STATS.watchers, -(self.watchers.len() as i64));
+    }
+
+    async fn serve(&mut self, mut inbound: Streaming<WatchRequest>, tx: Out) {
         let mut revisions = self.api.backend().revisions();
         let mut known = *revisions.borrow_and_update();
         let interval = self.limits().watch_progress_notify_interval;
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut leader_check = tokio::time::interval(LEADER_CHECK_INTERVAL);
+        leader_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // etcd keeps sending events after the client closed its sending
+        // side; the stream ends when the client goes away.
+        let mut reading = true;
         loop {
             let pending = self.watchers.values().any(|w| w.next_revision <= known);
             tokio::select! {
                 biased;
                 () = tx.closed() => break,
-                msg = inbound.message() => match msg {
+                msg = inbound.message(), if reading => match msg {
                     Ok(Some(req)) => {
                         if self.handle(req, &tx).await.is_err() {
                             break;
                         }
                     }
-                    // The client closed its side or the stream broke.
-                    Ok(None) | Err(_) => break,
+                    Ok(None) => reading = false,
+                    // The stream broke.
+                    Err(_) => break,
                 },
                 permit = tx.reserve(), if pending => {
                     let Ok(permit) = permit else { break };
@@ -165,12 +212,12 @@ impl<B: Backend> Session<B> {
                     }
                     known = *revisions.borrow_and_update();
                 }
-                _ = ticker.tick() => {
-                    if self.require_leader && !self.api.backend().has_leader() {
+                _ = ticker.tick() => self.progress_tick(known, &tx),
+                _ = leader_check.tick(), if self.require_leader => {
+                    if !self.api.backend().has_leader() {
                         let _ = tx.send(Err(Status::unavailable(ERR_NO_LEADER))).await;
                         break;
                     }
-                    self.progress_tick(known, &tx);
                 }
             }
         }
@@ -197,6 +244,7 @@ impl<B: Backend> Session<B> {
                 if self.watchers.remove(&c.watch_id).is_none() {
                     return Ok(());
                 }
+                bump(&STATS.watchers, -1);
                 WatchResponse {
                     canceled: true,
                     ..self.response(self.revision_now(), c.watch_id)
@@ -274,6 +322,7 @@ impl<B: Backend> Session<B> {
                 sent_since_tick: false,
             },
         );
+        bump(&STATS.watchers, 1);
         WatchResponse {
             created: true,
             ..self.response(now, id)
@@ -310,6 +359,8 @@ impl<B: Backend> Session<B> {
                 // etcd: the watcher gets the compaction revision and is
                 // canceled.
                 self.watchers.remove(&id);
+                bump(&STATS.watchers, -1);
+                bump(&STATS.compacted, 1);
                 permit.send(Ok(WatchResponse {
                     compact_revision,
                     canceled: true,
@@ -343,6 +394,7 @@ impl<B: Backend> Session<B> {
             return Ok(());
         }
         w.sent_since_tick = true;
+        bump(&STATS.events_sent, events.len() as i64);
         let fragment = w.fragment;
         let resp = WatchResponse {
             events,
@@ -701,6 +753,22 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(events(&next(&mut w).await)[0].3, "live");
+    }
+
+    #[tokio::test]
+    async fn events_keep_coming_after_the_client_closed_its_sending_side() {
+        let mut s = serve(ApiLimits::default()).await;
+        let mut w = s.client.watch("k", None).await.unwrap();
+        assert!(next(&mut w).await.created());
+        let (sender, mut events) = w.split();
+        drop(sender);
+        s.client.put("k", "v", None).await.unwrap();
+        let r = tokio::time::timeout(WAIT, events.message())
+            .await
+            .expect("an event in time")
+            .unwrap()
+            .expect("the stream is open");
+        assert_eq!(r.events().len(), 1);
     }
 
     #[tokio::test]

@@ -155,6 +155,9 @@ mod defaults {
     pub fn watch_scan_changes_max() -> usize {
         10_000
     }
+    pub fn lease_check_interval_ms() -> u64 {
+        500
+    }
     pub fn auto_compaction_mode() -> String {
         "periodic".into()
     }
@@ -274,6 +277,11 @@ pub struct Api {
     /// holds the store's read lock).
     #[serde(default = "defaults::watch_scan_changes_max")]
     pub watch_scan_changes_max: usize,
+    /// How often this replica looks for leases its clock says expired and
+    /// votes to expire them, ms (a lease expires on f+1 replicas' votes;
+    /// a vote leaves at most this late).
+    #[serde(default = "defaults::lease_check_interval_ms")]
+    pub lease_check_interval_ms: u64,
     /// etcd's `--auto-compaction-mode`: "periodic" or "revision" (see
     /// [`crate::compactor`]).
     #[serde(default = "defaults::auto_compaction_mode")]

@@ -54,6 +54,7 @@ pub fn run(
         watch_progress_notify_interval: Duration::from_millis(a.watch_progress_notify_interval_ms),
         watches_per_stream_max: a.watches_per_stream_max,
         watch_scan_changes_max: a.watch_scan_changes_max,
+        lease_check_interval: Duration::from_millis(a.lease_check_interval_ms),
         ..api::ApiLimits::default()
     };
     limits.client_connections_max =

@@ -8,8 +8,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,43 +19,6 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Runs `etcdctl watch ARGS` against `endpoint` until it printed `lines`
-/// lines (or `timeout` passed), then kills it; returns the lines.
-fn etcdctl_watch(endpoint: &str, args: &[&str], lines: usize, timeout: Duration) -> Vec<String> {
-    let mut child = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={endpoint}"))
-        .arg("watch")
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("etcdctl is installed (scripts/test.sh installs etcd-client)");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = Instant::now() + timeout;
-    let mut out = Vec::new();
-    while out.len() < lines {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(l) => out.push(l),
-            Err(_) => break,
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    let _ = reader.join();
-    out
 }
 
 fn revision(c: &Cluster, i: u16) -> u64 {
@@ -199,6 +160,10 @@ fn a_watcher_sees_every_acknowledged_put_once_and_in_order_across_a_leader_sigki
     watcher.join().unwrap();
 
     let seen = seen.lock().unwrap();
+    assert!(
+        c.metric(at, "bftd_watch_events_sent_total") >= seen.len() as u64,
+        "the replica counts the events it sent"
+    );
     assert!(
         seen.windows(2).all(|w| w[0].2 < w[1].2),
         "revisions strictly ascend (in order, none twice)"

@@ -99,6 +99,35 @@ impl From<CompactionRequest> for Command {
     }
 }
 
+impl From<crate::pb::etcdserverpb::LeaseGrantRequest> for Command {
+    fn from(r: crate::pb::etcdserverpb::LeaseGrantRequest) -> Self {
+        Command {
+            op: Some(Op::LeaseGrant(r)),
+        }
+    }
+}
+impl From<crate::pb::etcdserverpb::LeaseRevokeRequest> for Command {
+    fn from(r: crate::pb::etcdserverpb::LeaseRevokeRequest) -> Self {
+        Command {
+            op: Some(Op::LeaseRevoke(r)),
+        }
+    }
+}
+impl From<crate::pb::bftdkv::LeaseRenew> for Command {
+    fn from(r: crate::pb::bftdkv::LeaseRenew) -> Self {
+        Command {
+            op: Some(Op::LeaseRenew(r)),
+        }
+    }
+}
+impl From<crate::pb::bftdkv::LeaseExpire> for Command {
+    fn from(r: crate::pb::bftdkv::LeaseExpire) -> Self {
+        Command {
+            op: Some(Op::LeaseExpire(r)),
+        }
+    }
+}
+
 /// Encodes commands as a protobuf `bftdkv.CommandBatch` (the same bytes as
 /// `CommandBatch { commands }.encode_to_vec()`, without copying the
 /// commands). Deterministic: equal commands give equal bytes.

@@ -8,6 +8,7 @@ use thiserror::Error;
 pub mod grpc_code {
     pub const INVALID_ARGUMENT: i32 = 3;
     pub const NOT_FOUND: i32 = 5;
+    pub const FAILED_PRECONDITION: i32 = 9;
     pub const RESOURCE_EXHAUSTED: i32 = 8;
     pub const OUT_OF_RANGE: i32 = 11;
     pub const INTERNAL: i32 = 13;
@@ -59,10 +60,18 @@ pub enum KvError {
     /// (etcd `ErrGRPCFutureRev`, OutOfRange).
     #[error("etcdserver: mvcc: required revision is a future revision")]
     FutureRevision,
-    /// A Put names a lease; bftd has no leases yet, so every lease is
-    /// unknown (etcd `ErrGRPCLeaseNotFound`, NotFound).
+    /// A Put or LeaseRevoke names a lease that is not granted
+    /// (etcd `ErrGRPCLeaseNotFound`, NotFound).
     #[error("etcdserver: requested lease not found")]
     LeaseNotFound,
+    /// LeaseGrant with an ID already granted (etcd `ErrGRPCLeaseExist`,
+    /// FailedPrecondition).
+    #[error("etcdserver: lease already exists")]
+    LeaseExists,
+    /// LeaseGrant with a TTL above etcd's maximum
+    /// (etcd `ErrGRPCLeaseTTLTooLarge`, OutOfRange).
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
     /// A [`crate::Command`] with no operation set. bftd-specific: etcd has
     /// no such request. InvalidArgument.
     #[error("bftd: command has no operation")]
@@ -103,7 +112,10 @@ impl KvError {
     /// 8 ResourceExhausted, 11 OutOfRange, 13 Internal, 14 Unavailable).
     pub fn grpc_code(&self) -> i32 {
         match self {
-            KvError::Compacted | KvError::FutureRevision => grpc_code::OUT_OF_RANGE,
+            KvError::Compacted | KvError::FutureRevision | KvError::LeaseTtlTooLarge => {
+                grpc_code::OUT_OF_RANGE
+            }
+            KvError::LeaseExists => grpc_code::FAILED_PRECONDITION,
             KvError::LeaseNotFound => grpc_code::NOT_FOUND,
             KvError::EmptyKey
             | KvError::KeyNotFound

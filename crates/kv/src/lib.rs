@@ -23,6 +23,7 @@
 
 pub mod command;
 pub mod error;
+pub mod lease;
 mod snapshot;
 mod store;
 mod validate;
@@ -66,6 +67,7 @@ pub mod pb {
 
 pub use command::{decode_batch, encode_batch};
 pub use error::KvError;
+pub use lease::LeaseInfo;
 pub use pb::bftdkv::Command;
 pub use store::{
     Response, Store, DEFAULT_MAX_TXN_OPS, DEFAULT_QUOTA_BACKEND_BYTES,

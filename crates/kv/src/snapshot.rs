@@ -1,16 +1,22 @@
 //! The canonical encoding of a [`Store`]'s logical state: snapshots for
 //! checkpoints and state transfer, the state digest, and the HashKV hash.
 //!
-//! Snapshot format, version 1 (big-endian, lengths and counts `u32`):
+//! Snapshot format, version 2 (big-endian, lengths and counts `u32`):
 //!
 //! ```text
-//! magic "bftdkv" | version u8 = 1
+//! magic "bftdkv" | version u8 = 2
 //! current_revision i64 | compact_revision i64 | key count u32
 //! per key, ascending:  key bytes | entry count u32 | entries
 //! per entry, ascending (main, sub):
 //!   main i64 | sub i64 | kind u8 (0 put, 1 tombstone)
 //!   put only: create_revision i64 | version i64 | lease i64 | value bytes
+//! lease_epoch u64 | lease count u32
+//! per lease, ascending id: id i64 | ttl_s i64 | epoch u64
+//!   | voter count u32 | voters u16, ascending
 //! ```
+//!
+//! Version 1 (written before leases) is the same without the lease part;
+//! it still restores, with no leases.
 //!
 //! The encoding is a function of the logical state alone (no capacities,
 //! no configuration: neither the txn-ops limit nor the space quota), so
@@ -29,7 +35,9 @@ use crate::store::{
 };
 
 const MAGIC: &[u8; 6] = b"bftdkv";
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
+/// Snapshots written before leases existed.
+const VERSION_NO_LEASES: u8 = 1;
 const KIND_PUT: u8 = 0;
 const KIND_TOMBSTONE: u8 = 1;
 /// Revisions above this are refused on restore, so `+ 1` never overflows.
@@ -102,6 +110,50 @@ fn encode_store(store: &Store, out: &mut impl Sink) {
             encode_entry(out, e);
         }
     }
+    out.i64(store.lease_epoch as i64);
+    out.count(store.leases.len());
+    for (id, ttl_s, epoch, voters) in store.lease_rows() {
+        out.i64(id);
+        out.i64(ttl_s);
+        out.i64(epoch as i64);
+        out.count(voters.len());
+        for v in voters {
+            out.put(&v.to_be_bytes());
+        }
+    }
+}
+
+/// Decodes the lease part of a version-2 snapshot (see the module docs).
+fn decode_leases(r: &mut Reader<'_>) -> Result<(u64, Vec<crate::lease::LeaseRow>), DecodeError> {
+    use crate::lease::{MAX_LEASE_TTL_S, MIN_LEASE_TTL_S};
+    let bad = DecodeError::Invalid("kv snapshot: lease table");
+    let epoch_max = r.u64()?;
+    let n = r.count("leases", usize::MAX, 8 + 8 + 8 + 4)?;
+    let mut rows = Vec::with_capacity(n);
+    let mut last_id = 0;
+    for _ in 0..n {
+        let id = i64_field(r)?;
+        let ttl_s = i64_field(r)?;
+        let epoch = r.u64()?;
+        if id <= last_id
+            || !(MIN_LEASE_TTL_S..=MAX_LEASE_TTL_S).contains(&ttl_s)
+            || epoch > epoch_max
+        {
+            return Err(bad);
+        }
+        last_id = id;
+        let k = r.count("lease voters", usize::MAX, 2)?;
+        let mut voters = Vec::with_capacity(k);
+        for _ in 0..k {
+            let v = r.u16()?;
+            if voters.last().is_some_and(|l| *l >= v) {
+                return Err(bad);
+            }
+            voters.push(v);
+        }
+        rows.push((id, ttl_s, epoch, voters));
+    }
+    Ok((epoch_max, rows))
 }
 
 fn i64_field(r: &mut Reader<'_>) -> Result<i64, DecodeError> {
@@ -243,7 +295,7 @@ impl Store {
             return Err(DecodeError::Invalid("kv snapshot magic"));
         }
         let version = r.u8()?;
-        if version != VERSION {
+        if version != VERSION && version != VERSION_NO_LEASES {
             return Err(DecodeError::BadVersion(version));
         }
         let current = i64_field(&mut r)?;
@@ -283,6 +335,10 @@ impl Store {
             }
             keys.insert(key.to_vec(), History { entries });
         }
+        if version == VERSION {
+            let (epoch, rows) = decode_leases(&mut r)?;
+            store.set_lease_rows(epoch, rows);
+        }
         r.finish()?;
         store.keys = keys;
         store.current_revision = current;
@@ -290,6 +346,7 @@ impl Store {
         store.live_keys = live_keys;
         store.size_bytes = size_bytes;
         store.rebuild_changes();
+        store.rebuild_lease_keys().map_err(DecodeError::Invalid)?;
         Ok(store)
     }
 

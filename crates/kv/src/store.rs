@@ -143,7 +143,7 @@ pub(crate) fn key_value(key: &[u8], mod_revision: i64, p: &PutEvent) -> KeyValue
     }
 }
 
-fn header(revision: i64) -> Option<ResponseHeader> {
+pub(crate) fn header(revision: i64) -> Option<ResponseHeader> {
     Some(ResponseHeader {
         revision,
         ..Default::default()
@@ -180,6 +180,12 @@ pub enum Response {
     DeleteRange(DeleteRangeResponse),
     Txn(TxnResponse),
     Compaction(CompactionResponse),
+    LeaseGrant(crate::pb::etcdserverpb::LeaseGrantResponse),
+    LeaseRevoke(crate::pb::etcdserverpb::LeaseRevokeResponse),
+    /// A replica's collected keep-alives (bftd's `LeaseRenew`).
+    LeaseRenew(crate::pb::bftdkv::LeaseRenewResponse),
+    /// A replica's expiry vote (bftd's `LeaseExpire`).
+    LeaseExpire(crate::pb::bftdkv::LeaseExpireResponse),
 }
 
 impl Response {
@@ -191,6 +197,10 @@ impl Response {
             Response::DeleteRange(r) => &mut r.header,
             Response::Txn(r) => &mut r.header,
             Response::Compaction(r) => &mut r.header,
+            Response::LeaseGrant(r) => &mut r.header,
+            Response::LeaseRevoke(r) => &mut r.header,
+            Response::LeaseRenew(r) => &mut r.header,
+            Response::LeaseExpire(r) => &mut r.header,
         };
         h.get_or_insert_with(Default::default)
     }
@@ -203,6 +213,10 @@ impl Response {
             Response::DeleteRange(r) => &r.header,
             Response::Txn(r) => &r.header,
             Response::Compaction(r) => &r.header,
+            Response::LeaseGrant(r) => &r.header,
+            Response::LeaseRevoke(r) => &r.header,
+            Response::LeaseRenew(r) => &r.header,
+            Response::LeaseExpire(r) => &r.header,
         };
         h.as_ref().map_or(0, |h| h.revision)
     }
@@ -211,7 +225,7 @@ impl Response {
 /// The writes of one command in progress (etcd's `storeTxnWrite`): all its
 /// changes get main revision `begin_revision + 1`. Kept so that a command
 /// that fails halfway can be undone.
-struct WriteTxn {
+pub(crate) struct WriteTxn {
     begin_revision: i64,
     changes: i64,
     touched: Vec<Vec<u8>>,
@@ -219,7 +233,7 @@ struct WriteTxn {
 }
 
 impl WriteTxn {
-    fn new(begin_revision: i64) -> Self {
+    pub(crate) fn new(begin_revision: i64) -> Self {
         Self {
             begin_revision,
             changes: 0,
@@ -243,9 +257,11 @@ impl WriteTxn {
 ///   executed ops write) raises the revision by exactly one; all writes of
 ///   one Txn share it.
 /// - Per key: `create_revision`, `mod_revision`, `version` (1 on create,
-///   +1 per put, gone after a delete), `lease` (always 0: leases are not
-///   implemented, a Put naming one fails with
+///   +1 per put, gone after a delete), `lease` (a granted lease, or 0; a
+///   Put naming a lease that is not granted fails with
 ///   [`KvError::LeaseNotFound`]).
+/// - Leases (`lease.rs`): grant, revoke, renewals and f+1 expiry votes;
+///   revoking deletes the lease's keys at one revision.
 /// - Compaction drops history below the compaction revision; reads below it
 ///   fail with [`KvError::Compacted`].
 ///
@@ -273,6 +289,12 @@ pub struct Store {
     /// key of every history entry with `main >= compact_revision`. Derived
     /// from `keys`; not part of snapshots or digests.
     pub(crate) changes: BTreeMap<Revision, Vec<u8>>,
+    /// Granted leases by id (see `lease.rs`).
+    pub(crate) leases: BTreeMap<i64, crate::lease::Lease>,
+    /// Bumped by every lease grant and renewal: the lease epoch counter.
+    pub(crate) lease_epoch: u64,
+    /// Distinct replica votes that expire a lease (configuration).
+    pub(crate) lease_votes_needed: usize,
 }
 
 impl Default for Store {
@@ -303,6 +325,9 @@ impl Store {
             size_bytes: 0,
             quota_bytes: DEFAULT_QUOTA_BACKEND_BYTES,
             changes: BTreeMap::new(),
+            leases: BTreeMap::new(),
+            lease_epoch: 0,
+            lease_votes_needed: 1,
         }
     }
 
@@ -409,6 +434,17 @@ impl Store {
     /// [`Store::quota_bytes`] ([`KvError::NoSpace`]; checked after the
     /// other errors, on the size the write would leave).
     pub fn apply(&mut self, cmd: &Command) -> Result<Response, KvError> {
+        self.apply_from(None, cmd)
+    }
+
+    /// [`Store::apply`] for a command ordered on behalf of replica `origin`
+    /// (the authenticated sender of the request that carried it; `None`
+    /// for any other client). Only a lease expiry vote looks at it.
+    ///
+    /// # Errors
+    /// As [`Store::apply`]; lease commands as `LeaseGrant` (TTL too large,
+    /// lease exists) and `LeaseRevoke` (lease not found) in etcd.
+    pub fn apply_from(&mut self, origin: Option<u16>, cmd: &Command) -> Result<Response, KvError> {
         self.validate(cmd)?;
         match cmd.op.as_ref() {
             None => Err(KvError::EmptyCommand),
@@ -421,6 +457,12 @@ impl Store {
             Some(Op::DeleteRange(d)) => Ok(Response::DeleteRange(self.apply_delete_range(d))),
             Some(Op::Txn(t)) => self.apply_txn(t).map(Response::Txn),
             Some(Op::Compaction(c)) => self.apply_compaction(c).map(Response::Compaction),
+            Some(Op::LeaseGrant(g)) => self.apply_lease_grant(g).map(Response::LeaseGrant),
+            Some(Op::LeaseRevoke(r)) => self.apply_lease_revoke(r).map(Response::LeaseRevoke),
+            Some(Op::LeaseRenew(r)) => Ok(Response::LeaseRenew(self.apply_lease_renew(r))),
+            Some(Op::LeaseExpire(e)) => {
+                Ok(Response::LeaseExpire(self.apply_lease_expire(origin, e)))
+            }
         }
     }
 
@@ -727,7 +769,7 @@ impl Store {
                 if (p.ignore_value || p.ignore_lease) && self.live(&p.key, at).is_none() {
                     return Err(KvError::KeyNotFound);
                 }
-                if p.lease != 0 {
+                if p.lease != 0 && !self.lease_exists(p.lease) {
                     return Err(KvError::LeaseNotFound);
                 }
                 Ok(())
@@ -801,11 +843,29 @@ impl Store {
 
     // ---- writes -------------------------------------------------------
 
-    fn commit(&mut self, tx: WriteTxn) {
+    pub(crate) fn commit(&mut self, tx: WriteTxn) {
         if tx.changes > 0 {
             self.current_revision += 1;
             assert_eq!(self.current_revision, tx.write_revision());
             assert_eq!(tx.touched.len() as i64, tx.changes, "one key per change");
+            // Lease key sets follow each touched key's live put.
+            let mut moved: Vec<&Vec<u8>> = tx.touched.iter().collect();
+            moved.sort_unstable();
+            moved.dedup();
+            let moves: Vec<(Vec<u8>, i64, i64)> = moved
+                .into_iter()
+                .map(|k| {
+                    let lease = |at| self.live(k, at).map_or(0, |(_, p)| p.lease);
+                    (
+                        k.clone(),
+                        lease(tx.begin_revision),
+                        lease(self.current_revision),
+                    )
+                })
+                .collect();
+            for (k, before, after) in moves {
+                self.move_lease_key(&k, before, after);
+            }
             for (sub, key) in tx.touched.into_iter().enumerate() {
                 let rev = Revision {
                     main: self.current_revision,
@@ -881,7 +941,7 @@ impl Store {
 
     /// etcd's `storeTxnWrite.deleteRange`: a tombstone for every key that
     /// exists in the txn's view. Returns how many.
-    fn delete_keys(&mut self, tx: &mut WriteTxn, key: &[u8], range_end: &[u8]) -> i64 {
+    pub(crate) fn delete_keys(&mut self, tx: &mut WriteTxn, key: &[u8], range_end: &[u8]) -> i64 {
         let view = tx.view_revision();
         let doomed: Vec<Vec<u8>> = self
             .keys
@@ -944,7 +1004,7 @@ impl Store {
     }
 
     fn apply_put(&mut self, p: &PutRequest) -> Result<PutResponse, KvError> {
-        if p.lease != 0 {
+        if p.lease != 0 && !self.lease_exists(p.lease) {
             return Err(KvError::LeaseNotFound);
         }
         let mut tx = WriteTxn::new(self.current_revision);

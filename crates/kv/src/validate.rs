@@ -24,7 +24,11 @@ pub(crate) fn check_command(cmd: &Command, max_txn_ops: usize) -> Result<(), KvE
         Some(Op::Put(p)) => check_put(p),
         Some(Op::DeleteRange(d)) => check_delete(d),
         Some(Op::Txn(t)) => check_txn_all(t, max_txn_ops),
-        Some(Op::Compaction(_)) => Ok(()),
+        Some(Op::Compaction(_))
+        | Some(Op::LeaseGrant(_))
+        | Some(Op::LeaseRevoke(_))
+        | Some(Op::LeaseRenew(_))
+        | Some(Op::LeaseExpire(_)) => Ok(()),
     }
 }
 

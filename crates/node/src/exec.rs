@@ -24,16 +24,26 @@ pub fn execute_request(
     let commands = kv::command::decode_batch(&r.payload, commands_max)?;
     Ok(execute_commands(
         store,
+        origin(r),
         &commands,
         own,
         kv::DEFAULT_RANGE_RESPONSE_BYTES_MAX,
     ))
 }
 
-/// Executes decoded commands (see [`execute_request`]); a read's response
-/// is capped at `range_bytes_max` bytes (`KvError::ResponseTooLarge`).
+/// The replica on whose behalf request `r` was ordered: its client id is a
+/// replica's proxy id, which only that replica's key signs. What a lease
+/// expiry vote counts as (`kv::Store::apply_from`).
+pub fn origin(r: &Request) -> Option<u16> {
+    r.client.replica().map(|id| id.0)
+}
+
+/// Executes decoded commands (see [`execute_request`]) ordered on behalf of
+/// replica `origin` ([`origin`]); a read's response is capped at
+/// `range_bytes_max` bytes (`KvError::ResponseTooLarge`).
 pub fn execute_commands(
     store: &mut Store,
+    origin: Option<u16>,
     commands: &[kv::Command],
     own: bool,
     range_bytes_max: usize,
@@ -44,7 +54,7 @@ pub fn execute_commands(
             if c.is_read_only() {
                 own.then(|| store.execute_read_only_limited(c, range_bytes_max))
             } else {
-                let res = store.apply(c);
+                let res = store.apply_from(origin, c);
                 own.then_some(res)
             }
         })

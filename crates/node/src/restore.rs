@@ -33,6 +33,12 @@ pub struct Restored {
     pub restarted: bool,
 }
 
+/// Expiry votes that expire a lease in a cluster of `cfg`: f+1, so that at
+/// least one correct replica's clock agrees (`kv::lease`).
+pub fn lease_votes_needed(cfg: &control::Config) -> usize {
+    cfg.f() + 1
+}
+
 /// Why the recovered log cannot be used. The message says what is wrong;
 /// [`RestoreError::advice`] what the operator does about it.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -199,6 +205,8 @@ pub fn restore_from(
         ),
     };
     store.set_quota_bytes(quota_backend_bytes);
+    // A lease expires on the votes of f+1 replicas: at least one correct.
+    store.set_lease_votes_needed(lease_votes_needed(&cfg));
     let checkpoint_cid = checkpoint.as_ref().map(|p| p.info.cid);
     // Batches logged as proposals, by (cid, digest): their regency, bytes.
     let mut proposals: HashMap<(u64, Digest), (u32, Arc<Batch>)> = HashMap::new();

@@ -47,6 +47,9 @@ pub struct Executor {
     /// The kv space quota (`[protocol] quota_backend_bytes`), set on a
     /// store installed by state transfer.
     pub quota_backend_bytes: u64,
+    /// Expiry votes that expire a lease (f+1), set on a store installed by
+    /// state transfer (`kv::Store::set_lease_votes_needed`).
+    pub lease_votes_needed: usize,
     /// Checkpoints taken, reported to the control thread.
     pub checkpoints: Sender<Prepared>,
     /// The storage thread (`None` with `durability = "memory"`).
@@ -99,6 +102,7 @@ impl Executor {
                     } else {
                         node::exec::execute_commands(
                             &mut self.store.write(),
+                            node::exec::origin(r),
                             &commands,
                             own,
                             self.range_response_bytes_max,
@@ -174,6 +178,7 @@ impl Executor {
         let mut store = Store::restore(app).expect("a checkpoint f+1 replicas agree on decodes");
         // The quota is configuration, not part of the snapshot.
         store.set_quota_bytes(self.quota_backend_bytes);
+        store.set_lease_votes_needed(self.lease_votes_needed);
         let revision = store.revision();
         *self.store.write() = store;
         let s = &self.status;

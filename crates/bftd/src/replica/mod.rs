@@ -372,6 +372,7 @@ pub fn start_with_io(config: Arc<ClusterConfig>, id: u16, io: Io) -> Result<Runn
         commands_per_request_max: config.api.proxy_bundle_ops_max,
         range_response_bytes_max: config.api.range_response_bytes_max,
         quota_backend_bytes: config.protocol.quota_backend_bytes,
+        lease_votes_needed: node::lease_votes_needed(&config.control_config(id)),
         checkpoints: checkpoints_tx,
         storage,
         snapshot_chunk_bytes: config.control_config(id).snapshot_chunk_bytes,
@@ -488,6 +489,12 @@ impl api::Backend for ReplicaBackend {
     }
     fn revisions(&self) -> tokio::sync::watch::Receiver<i64> {
         self.revisions.clone()
+    }
+    fn leases(&self) -> Vec<kv::LeaseInfo> {
+        self.store.read().leases()
+    }
+    fn lease(&self, id: i64, keys: bool) -> Option<kv::LeaseInfo> {
+        self.store.read().lease(id, keys)
     }
     fn has_leader(&self) -> bool {
         self.status.health(status::now_ms()).is_ok()
@@ -654,6 +661,28 @@ impl Source for Observer {
             "transfer_ignored_chunks",
             "Snapshot chunks ignored (not asked for, not from the asked source)",
             c.transfer_ignored_chunks,
+        ));
+        let w = &api::watch::STATS;
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        v.push(Sample::gauge(
+            "watch_streams",
+            "Watch streams open",
+            load(&w.streams),
+        ));
+        v.push(Sample::gauge(
+            "watchers",
+            "Watchers open, over all streams",
+            load(&w.watchers),
+        ));
+        v.push(Sample::counter(
+            "watch_events_sent",
+            "Watch events sent, over all watchers",
+            load(&w.events_sent),
+        ));
+        v.push(Sample::counter(
+            "watchers_compacted",
+            "Watchers canceled because compaction passed them",
+            load(&w.compacted),
         ));
         for m in self.nic.metrics() {
             let name = m.name.strip_suffix("_total").unwrap_or(m.name);

@@ -2,6 +2,7 @@
 //! A real bftd cluster for process-level tests: one `bftd run` child per
 //! replica on 127.0.0.1 with free ports, killed by PID when dropped.
 
+use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -428,6 +429,81 @@ pub fn etcdctl(endpoints: &str, args: &[&str], stdin: Option<&str>) -> (bool, St
         String::from_utf8_lossy(&out.stderr)
     );
     (out.status.success(), text)
+}
+
+/// A long-running etcdctl (watch, lock, elect) whose stdout is read line by
+/// line. Killed when dropped.
+pub struct EtcdctlChild {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl EtcdctlChild {
+    /// Starts `etcdctl ARGS` against `endpoint`.
+    pub fn spawn(endpoint: &str, args: &[&str]) -> Self {
+        let mut child = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={endpoint}"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcdctl is installed (scripts/test.sh installs etcd-client)");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// The next line printed, if one comes within `timeout`.
+    pub fn next_line(&self, timeout: Duration) -> Option<String> {
+        self.lines.recv_timeout(timeout).ok()
+    }
+
+    /// SIGINT, as Ctrl-C: etcdctl closes its session (revokes its lease).
+    pub fn interrupt(&mut self) {
+        // SAFETY: signalling a child we spawned and have not reaped.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGINT);
+        }
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for EtcdctlChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `etcdctl watch ARGS` against `endpoint` until it printed `lines`
+/// lines (or `timeout` passed), then kills it; returns the lines.
+pub fn etcdctl_watch(
+    endpoint: &str,
+    args: &[&str],
+    lines: usize,
+    timeout: Duration,
+) -> Vec<String> {
+    let mut argv = vec!["watch"];
+    argv.extend_from_slice(args);
+    let child = EtcdctlChild::spawn(endpoint, &argv);
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::new();
+    while out.len() < lines {
+        match child.next_line(deadline.saturating_duration_since(Instant::now())) {
+            Some(l) => out.push(l),
+            None => break,
+        }
+    }
+    out
 }
 
 pub fn ok_etcdctl(endpoints: &str, args: &[&str]) -> String {
