@@ -92,6 +92,8 @@ pub trait Backend: Send + Sync + 'static {
     /// a checkpoint installed by state transfer): what wakes watchers. The
     /// sender going away means the replica stopped.
     fn revisions(&self) -> tokio::sync::watch::Receiver<i64>;
+    /// The alarms stored in the local store (`kv::Store::alarms`).
+    fn alarms(&self) -> Vec<kv::pb::etcdserverpb::AlarmMember>;
     /// The leases granted in the local store (`kv::Store::leases`).
     fn leases(&self) -> Vec<kv::LeaseInfo>;
     /// Lease `id` in the local store, with its keys when `keys`

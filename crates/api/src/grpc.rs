@@ -316,56 +316,58 @@ impl<B: Backend> Kv for EtcdApi<B> {
 }
 
 impl<B: Backend> EtcdApi<B> {
-    /// The alarms raised now: NOSPACE for every member while the store's
-    /// size is at or above its quota (every replica applies the same
-    /// commands with the same quota, so every member is in that state at
-    /// this revision), none otherwise. Returns the store revision too.
+    /// The alarms raised now: the stored ones (activated through
+    /// consensus), and NOSPACE for every member while the store's size is
+    /// at or above its quota (every replica applies the same commands with
+    /// the same quota, so every member is in that state at this revision).
+    /// Ascending by (member, type), no duplicates. Returns the store
+    /// revision too.
     fn alarms(&self) -> (i64, Vec<AlarmMember>) {
         let (rev, size) = self.backend.store_size();
         let full = u64::try_from(size).unwrap_or(0) >= self.backend.quota_bytes();
-        let alarms = if full {
-            self.backend
-                .cluster()
-                .members
-                .iter()
-                .map(|m| AlarmMember {
-                    member_id: m.id,
-                    alarm: AlarmType::Nospace as i32,
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
+        let mut alarms: std::collections::BTreeSet<(u64, i32)> = self
+            .backend
+            .alarms()
+            .into_iter()
+            .map(|a| (a.member_id, a.alarm))
+            .collect();
+        if full {
+            for m in &self.backend.cluster().members {
+                alarms.insert((m.id, AlarmType::Nospace as i32));
+            }
+        }
+        let alarms = alarms
+            .into_iter()
+            .map(|(member_id, alarm)| AlarmMember { member_id, alarm })
+            .collect();
         (rev, alarms)
     }
 }
 
 #[tonic::async_trait]
 impl<B: Backend> Maintenance for EtcdApi<B> {
-    /// etcd's Maintenance.Alarm, with the alarm derived from the state.
+    /// etcd's Maintenance.Alarm.
     ///
-    /// etcd raises a NOSPACE alarm when a member's backend passes its
-    /// quota and refuses writes until an operator disarms it (`etcdctl
-    /// alarm disarm`, after compacting and defragmenting). In bftd the
-    /// alarm is not stored: it is raised exactly while the replicated
-    /// store's size (`kv::Store::size_bytes`) is at or above its quota,
-    /// for every member, and writes are refused by the store itself (a
-    /// deterministic part of executing each command, so every replica
-    /// refuses the same ones). Compaction brings the size down and clears
-    /// it; nothing needs disarming.
+    /// ACTIVATE and DEACTIVATE are ordered (replicated state,
+    /// `kv::Store` alarms) and answer the alarm they changed, as etcd's
+    /// apply does; a stored NOSPACE refuses writes until disarmed. GET is
+    /// answered locally, filtered by `alarm` (NONE: all types).
     ///
-    /// So every action answers with the alarms raised now: GET lists them;
-    /// DEACTIVATE (disarm) and ACTIVATE change nothing. As in etcd the
-    /// list is filtered by `alarm` (NONE: all types) and, for DEACTIVATE
-    /// and ACTIVATE, by `member_id` (0: all members).
+    /// The space alarm is also derived: while the replicated store's size
+    /// (`kv::Store::size_bytes`) is at or above its quota, GET lists
+    /// NOSPACE for every member, and writes are refused by the store
+    /// itself (deterministically, at every replica). Compaction brings the
+    /// size down and clears it; disarming it changes nothing.
     async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
         let req = req.into_inner();
+        if req.action != alarm_request::AlarmAction::Get as i32 {
+            return match self.run(req.into()).await? {
+                kv::Response::Alarm(r) => Ok(Response::new(r)),
+                _ => Err(mismatch()),
+            };
+        }
         let (rev, mut alarms) = self.alarms();
-        let get = req.action == alarm_request::AlarmAction::Get as i32;
-        alarms.retain(|a| {
-            (req.alarm == AlarmType::None as i32 || req.alarm == a.alarm)
-                && (get || req.member_id == 0 || req.member_id == a.member_id)
-        });
+        alarms.retain(|a| req.alarm == AlarmType::None as i32 || req.alarm == a.alarm);
         Ok(Response::new(AlarmResponse {
             header: Some(self.header(rev)),
             alarms,
@@ -544,6 +546,9 @@ pub(crate) mod tests {
         fn leases(&self) -> Vec<kv::LeaseInfo> {
             self.store.lock().unwrap().leases()
         }
+        fn alarms(&self) -> Vec<AlarmMember> {
+            self.store.lock().unwrap().alarms()
+        }
         fn lease(&self, id: i64, keys: bool) -> Option<kv::LeaseInfo> {
             self.store.lock().unwrap().lease(id, keys)
         }
@@ -663,15 +668,26 @@ pub(crate) mod tests {
         assert_eq!(st.db_size, (2 * entry) as i64);
         assert_eq!(st.errors.len(), 2);
         assert!(st.errors[0].contains("alarm:NOSPACE"), "{:?}", st.errors);
-        // Filters: by type, and by member for DEACTIVATE; disarming is a
-        // no-op answered with the raised alarms.
+        // Filters by type; disarming the derived alarm changes nothing.
         assert_eq!(
             alarms(&api, get, AlarmType::Corrupt as i32, 0).await,
             vec![]
         );
         let disarm = AlarmAction::Deactivate as i32;
-        assert_eq!(alarms(&api, disarm, nospace, 12).await, vec![(12, nospace)]);
+        assert_eq!(alarms(&api, disarm, nospace, 12).await, vec![]);
         assert_eq!(alarms(&api, get, none, 0).await.len(), 2);
+        // A stored alarm is listed beside it, and disarmed.
+        let activate = AlarmAction::Activate as i32;
+        let corrupt = AlarmType::Corrupt as i32;
+        assert_eq!(
+            alarms(&api, activate, corrupt, 11).await,
+            vec![(11, corrupt)]
+        );
+        assert_eq!(
+            alarms(&api, get, none, 0).await,
+            vec![(11, nospace), (11, corrupt), (12, nospace)]
+        );
+        assert_eq!(alarms(&api, disarm, corrupt, 11).await, vec![(11, corrupt)]);
         // Delete and compact: the alarm clears, writes work again.
         Kv::delete_range(
             &api,

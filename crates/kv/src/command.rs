@@ -128,6 +128,14 @@ impl From<crate::pb::bftdkv::LeaseExpire> for Command {
     }
 }
 
+impl From<crate::pb::etcdserverpb::AlarmRequest> for Command {
+    fn from(r: crate::pb::etcdserverpb::AlarmRequest) -> Self {
+        Command {
+            op: Some(Op::Alarm(r)),
+        }
+    }
+}
+
 /// Encodes commands as a protobuf `bftdkv.CommandBatch` (the same bytes as
 /// `CommandBatch { commands }.encode_to_vec()`, without copying the
 /// commands). Deterministic: equal commands give equal bytes.

@@ -21,6 +21,7 @@
 //! Everything here is deterministic: the same commands in the same order
 //! give byte-identical responses and digests on every replica.
 
+mod alarm;
 pub mod command;
 pub mod error;
 pub mod lease;

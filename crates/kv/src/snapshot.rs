@@ -13,10 +13,11 @@
 //! lease_epoch u64 | lease count u32
 //! per lease, ascending id: id i64 | ttl_s i64 | epoch u64
 //!   | voter count u32 | voters u16, ascending
+//! alarm count u32 | per alarm, ascending: member_id u64 | alarm u32
 //! ```
 //!
-//! Version 1 (written before leases) is the same without the lease part;
-//! it still restores, with no leases.
+//! Version 1 (written before leases and alarms) is the same without the
+//! lease and alarm parts; it still restores, with neither.
 //!
 //! The encoding is a function of the logical state alone (no capacities,
 //! no configuration: neither the txn-ops limit nor the space quota), so
@@ -121,6 +122,29 @@ fn encode_store(store: &Store, out: &mut impl Sink) {
             out.put(&v.to_be_bytes());
         }
     }
+    out.count(store.alarms.len());
+    for &(member_id, alarm) in &store.alarms {
+        out.i64(member_id as i64);
+        out.u32(alarm as u32);
+    }
+}
+
+/// Decodes the alarm part of a version-2 snapshot.
+fn decode_alarms(
+    r: &mut Reader<'_>,
+) -> Result<std::collections::BTreeSet<(u64, i32)>, DecodeError> {
+    let n = r.count("alarms", usize::MAX, 8 + 4)?;
+    let mut alarms = std::collections::BTreeSet::new();
+    let mut last = None;
+    for _ in 0..n {
+        let a = (r.u64()?, r.u32()? as i32);
+        if last.is_some_and(|l| l >= a) {
+            return Err(DecodeError::Invalid("kv snapshot: alarms not ascending"));
+        }
+        last = Some(a);
+        alarms.insert(a);
+    }
+    Ok(alarms)
 }
 
 /// Decodes the lease part of a version-2 snapshot (see the module docs).
@@ -338,6 +362,7 @@ impl Store {
         if version == VERSION {
             let (epoch, rows) = decode_leases(&mut r)?;
             store.set_lease_rows(epoch, rows);
+            store.alarms = decode_alarms(&mut r)?;
         }
         r.finish()?;
         store.keys = keys;

@@ -186,6 +186,7 @@ pub enum Response {
     LeaseRenew(crate::pb::bftdkv::LeaseRenewResponse),
     /// A replica's expiry vote (bftd's `LeaseExpire`).
     LeaseExpire(crate::pb::bftdkv::LeaseExpireResponse),
+    Alarm(crate::pb::etcdserverpb::AlarmResponse),
 }
 
 impl Response {
@@ -201,6 +202,7 @@ impl Response {
             Response::LeaseRevoke(r) => &mut r.header,
             Response::LeaseRenew(r) => &mut r.header,
             Response::LeaseExpire(r) => &mut r.header,
+            Response::Alarm(r) => &mut r.header,
         };
         h.get_or_insert_with(Default::default)
     }
@@ -217,6 +219,7 @@ impl Response {
             Response::LeaseRevoke(r) => &r.header,
             Response::LeaseRenew(r) => &r.header,
             Response::LeaseExpire(r) => &r.header,
+            Response::Alarm(r) => &r.header,
         };
         h.as_ref().map_or(0, |h| h.revision)
     }
@@ -295,6 +298,8 @@ pub struct Store {
     pub(crate) lease_epoch: u64,
     /// Distinct replica votes that expire a lease (configuration).
     pub(crate) lease_votes_needed: usize,
+    /// Stored alarms: (member id, alarm type) (see `alarm.rs`).
+    pub(crate) alarms: std::collections::BTreeSet<(u64, i32)>,
 }
 
 impl Default for Store {
@@ -328,6 +333,7 @@ impl Store {
             leases: BTreeMap::new(),
             lease_epoch: 0,
             lease_votes_needed: 1,
+            alarms: std::collections::BTreeSet::new(),
         }
     }
 
@@ -463,6 +469,7 @@ impl Store {
             Some(Op::LeaseExpire(e)) => {
                 Ok(Response::LeaseExpire(self.apply_lease_expire(origin, e)))
             }
+            Some(Op::Alarm(a)) => Ok(Response::Alarm(self.apply_alarm(a))),
         }
     }
 
@@ -1009,7 +1016,7 @@ impl Store {
         }
         let mut tx = WriteTxn::new(self.current_revision);
         match self.exec_put(&mut tx, p) {
-            Ok(_) if self.size_bytes > self.quota_bytes => {
+            Ok(_) if self.size_bytes > self.quota_bytes || self.nospace_armed() => {
                 self.rollback(tx);
                 Err(KvError::NoSpace)
             }
@@ -1049,7 +1056,7 @@ impl Store {
         match self.exec_txn(&mut tx, t, &path, &mut cursor) {
             // The quota, as etcd's capped applier: a txn that writes is
             // refused when it would leave the store over its quota.
-            Ok(_) if self.size_bytes > self.quota_bytes => {
+            Ok(_) if self.size_bytes > self.quota_bytes || self.nospace_armed() => {
                 self.rollback(tx);
                 Err(KvError::NoSpace)
             }

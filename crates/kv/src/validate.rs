@@ -28,7 +28,8 @@ pub(crate) fn check_command(cmd: &Command, max_txn_ops: usize) -> Result<(), KvE
         | Some(Op::LeaseGrant(_))
         | Some(Op::LeaseRevoke(_))
         | Some(Op::LeaseRenew(_))
-        | Some(Op::LeaseExpire(_)) => Ok(()),
+        | Some(Op::LeaseExpire(_))
+        | Some(Op::Alarm(_)) => Ok(()),
     }
 }
 

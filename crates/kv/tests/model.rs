@@ -268,10 +268,14 @@ impl Model {
                 }))
             }
             Op::Txn(t) => self.txn(t).map(Response::Txn),
-            // The model covers the KV operations; leases are tested in
-            // `kv::lease`, and the generator never makes lease commands.
-            Op::LeaseGrant(_) | Op::LeaseRevoke(_) | Op::LeaseRenew(_) | Op::LeaseExpire(_) => {
-                unreachable!("the model generates no lease commands")
+            // The model covers the KV operations; leases and alarms are
+            // tested in `kv`, and the generator never makes them.
+            Op::LeaseGrant(_)
+            | Op::LeaseRevoke(_)
+            | Op::LeaseRenew(_)
+            | Op::LeaseExpire(_)
+            | Op::Alarm(_) => {
+                unreachable!("the model generates no lease or alarm commands")
             }
         }
     }

@@ -493,6 +493,9 @@ impl api::Backend for ReplicaBackend {
     fn leases(&self) -> Vec<kv::LeaseInfo> {
         self.store.read().leases()
     }
+    fn alarms(&self) -> Vec<kv::pb::etcdserverpb::AlarmMember> {
+        self.store.read().alarms()
+    }
     fn lease(&self, id: i64, keys: bool) -> Option<kv::LeaseInfo> {
         self.store.read().lease(id, keys)
     }
