@@ -16,5 +16,23 @@ fn main() {
             &["../kv/proto"],
         )
         .expect("etcd protos compile");
+    // etcd's lock and election services: messages and servers here, over
+    // kv's etcdserverpb and mvccpb types.
+    let mut config = tonic_prost_build::Config::new();
+    config.protoc_executable(
+        protoc_bin_vendored::protoc_bin_path().expect("vendored protoc for this platform"),
+    );
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(false)
+        .extern_path(".etcdserverpb", "::kv::pb::etcdserverpb")
+        .extern_path(".mvccpb", "::kv::pb::mvccpb")
+        .compile_with_config(
+            config,
+            &["proto/v3lock.proto", "proto/v3election.proto"],
+            &["proto", "../kv/proto"],
+        )
+        .expect("etcd lock and election protos compile");
     println!("cargo:rerun-if-changed=../kv/proto");
+    println!("cargo:rerun-if-changed=proto");
 }

@@ -51,10 +51,13 @@ struct Deadline {
     voted: bool,
 }
 
+/// A keep-alive waiting for its renewal: gets the TTL (0: no such lease).
+type Waiter = oneshot::Sender<Result<i64, Status>>;
+
 /// Keep-alives waiting for the next renewal.
 #[derive(Default)]
 struct Renewals {
-    waiting: BTreeMap<i64, Vec<oneshot::Sender<Result<i64, Status>>>>,
+    waiting: BTreeMap<i64, Vec<Waiter>>,
     in_flight: bool,
 }
 
@@ -151,7 +154,7 @@ impl<B: Backend> EtcdApi<B> {
     /// waits.
     async fn renew_loop(self) {
         loop {
-            let batch: Vec<(i64, Vec<oneshot::Sender<Result<i64, Status>>>)> = {
+            let batch: Vec<(i64, Vec<Waiter>)> = {
                 let mut r = self.lessor().renewals.lock().unwrap();
                 if r.waiting.is_empty() {
                     r.in_flight = false;

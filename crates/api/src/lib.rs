@@ -4,6 +4,8 @@
 //!   protos; kube-apiserver, etcdctl and any clientv3 work unchanged).
 //! - [`watch`]: the Watch service, served from the replica's executed
 //!   history.
+//! - [`concurrency`]: etcd's Lock and Election services, on leases,
+//!   revisions and watches.
 //! - [`lease`]: the Lease service and this replica's lessor (expiry votes
 //!   by its clock, keep-alives renewed in groups).
 //! - [`http`]: `/status` (JSON), `/metrics` (Prometheus text), `/healthz`.
@@ -16,6 +18,7 @@
 
 pub mod backend;
 pub mod client_port;
+pub mod concurrency;
 pub mod grpc;
 pub mod health;
 pub mod http;
@@ -75,6 +78,14 @@ pub async fn serve_grpc<B: Backend>(
         .add_service(MaintenanceServer::new(api.clone()).max_decoding_message_size(msg_max))
         .add_service(WatchServer::new(api.clone()).max_decoding_message_size(msg_max))
         .add_service(LeaseServer::new(api.clone()).max_decoding_message_size(msg_max))
+        .add_service(
+            concurrency::v3lockpb::lock_server::LockServer::new(api.clone())
+                .max_decoding_message_size(msg_max),
+        )
+        .add_service(
+            concurrency::v3electionpb::election_server::ElectionServer::new(api.clone())
+                .max_decoding_message_size(msg_max),
+        )
         .add_service(ClusterServer::new(api).max_decoding_message_size(msg_max))
         .add_service(health_service)
         .serve_with_incoming_shutdown(client_port::incoming(listener, table), shutdown)
