@@ -66,6 +66,10 @@ pub trait Backend: Send + Sync + 'static {
     /// (revision, size in bytes) of the local store: `kv::Store::revision`
     /// and `kv::Store::size_bytes` (the size the space quota counts).
     fn store_size(&self) -> (i64, i64);
+    /// (revision, `kv::Store::snapshot` bytes) of the local store, taken
+    /// at one point (one read of the store): what Maintenance.Snapshot
+    /// streams. The bytes restore with `kv::Store::restore`.
+    fn snapshot(&self) -> (i64, Vec<u8>);
     /// The local store's space quota, bytes (`kv::Store::quota_bytes`, the
     /// cluster's `[protocol] quota_backend_bytes`): Maintenance.Alarm
     /// reports NOSPACE while the size is at or above it.

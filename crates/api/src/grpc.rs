@@ -1,6 +1,7 @@
 //! etcd v3 gRPC services over a [`Backend`]: KV (Range, Put, DeleteRange,
 //! Txn, Compact), Watch (in [`crate::watch`]), Maintenance (Status, Hash, HashKV, Alarm: NOSPACE derived
-//! from the store's space quota) and Cluster
+//! from the store's space quota; Defragment; Snapshot, in
+//! [`crate::snapshot`]) and Cluster
 //! (MemberList). Package `etcdserverpb`, etcd's field numbers; services and
 //! methods not served here answer UNIMPLEMENTED (tonic's router does so for
 //! unknown paths).
@@ -404,6 +405,48 @@ impl<B: Backend> Maintenance for EtcdApi<B> {
         }))
     }
 
+    /// etcd's Maintenance.Defragment. etcd rewrites its bbolt file to give
+    /// the pages freed by compaction back to the file system. bftd's store
+    /// is in memory and compaction frees its space at once; checkpoints
+    /// are written whole, so nothing on disk is fragmented. It answers at
+    /// once with a header, as etcd answers a finished defragmentation.
+    async fn defragment(
+        &self,
+        _req: Request<DefragmentRequest>,
+    ) -> Result<Response<DefragmentResponse>, Status> {
+        let (rev, _) = self.backend.store_size();
+        Ok(Response::new(DefragmentResponse {
+            header: Some(self.header(rev)),
+        }))
+    }
+
+    type SnapshotStream = crate::snapshot::SnapshotStream;
+
+    /// etcd's Maintenance.Snapshot: the local store at one revision as a
+    /// bftd snapshot file, in chunks of at most 32 KiB with
+    /// `remaining_bytes`, then its sha256 (see [`crate::snapshot`]). The
+    /// first message's header carries the snapshot's revision. At most
+    /// `SNAPSHOTS_IN_FLIGHT_MAX` at once ("too many requests" beyond).
+    async fn snapshot(
+        &self,
+        _req: Request<SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        let slot = crate::snapshot::SNAPSHOT_SLOTS
+            .take()
+            .ok_or_else(|| Status::resource_exhausted(ERR_TOO_MANY_REQUESTS))?;
+        let (rev, payload) = self.backend.snapshot();
+        tracing::info!(
+            revision = rev,
+            bytes = payload.len(),
+            "sending a snapshot to a client"
+        );
+        Ok(Response::new(crate::snapshot::stream(
+            payload,
+            self.header(rev),
+            slot,
+        )))
+    }
+
     async fn hash(&self, _req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
         let (rev, _) = self.backend.store_size();
         Ok(Response::new(HashResponse {
@@ -468,6 +511,8 @@ pub(crate) mod tests {
         pub(crate) store: Mutex<kv::Store>,
         cluster: ClusterInfo,
         revisions: tokio::sync::watch::Sender<i64>,
+        /// What `has_leader` answers (true unless a test turns it off).
+        pub(crate) leader: std::sync::atomic::AtomicBool,
     }
 
     impl Backend for OneStore {
@@ -526,6 +571,13 @@ pub(crate) mod tests {
         fn quota_bytes(&self) -> u64 {
             self.store.lock().unwrap().quota_bytes()
         }
+        fn snapshot(&self) -> (i64, Vec<u8>) {
+            let s = self.store.lock().unwrap();
+            (s.revision(), s.snapshot())
+        }
+        fn has_leader(&self) -> bool {
+            self.leader.load(std::sync::atomic::Ordering::Relaxed)
+        }
         fn progress(&self) -> Progress {
             Progress::default()
         }
@@ -551,6 +603,7 @@ pub(crate) mod tests {
         OneStore {
             revisions: tokio::sync::watch::Sender::new(store.revision()),
             store: Mutex::new(store),
+            leader: std::sync::atomic::AtomicBool::new(true),
             cluster: ClusterInfo {
                 cluster_id: 7,
                 member_id: 11,

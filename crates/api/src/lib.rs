@@ -9,6 +9,8 @@
 //! - [`lease`]: the Lease service and this replica's lessor (expiry votes
 //!   by its clock, keep-alives renewed in groups).
 //! - [`http`]: `/status` (JSON), `/metrics` (Prometheus text), `/healthz`.
+//! - [`health`]: the gRPC health service (`grpc.health.v1.Health`).
+//! - [`snapshot`]: Maintenance.Snapshot's stream and file format.
 //! - [`backend::Backend`]: what the API needs from a replica.
 //!
 //! Runs on a small tokio runtime; it never blocks the control thread, and it
@@ -18,8 +20,10 @@ pub mod backend;
 pub mod client_port;
 pub mod concurrency;
 pub mod grpc;
+pub mod health;
 pub mod http;
 pub mod lease;
+pub mod snapshot;
 pub mod watch;
 
 /// Server traits generated from etcd's `rpc.proto`, over kv's message types.
@@ -35,7 +39,8 @@ use std::sync::Arc;
 
 /// Serves the etcd services of `backend` on `listener` until `shutdown`
 /// resolves, with the connection and HTTP/2 limits of `limits` (see
-/// [`client_port`]). `table` holds the open connections (make it with
+/// [`client_port`]), and the gRPC health service (see [`health`]).
+/// `table` holds the open connections (make it with
 /// [`client_port::ConnTable::new`]; its stats are the port's metrics).
 pub async fn serve_grpc<B: Backend>(
     listener: tokio::net::TcpListener,
@@ -52,6 +57,8 @@ pub async fn serve_grpc<B: Backend>(
     limits
         .validate()
         .unwrap_or_else(|e| panic!("API limits: {e}"));
+    let (health_service, health_task) =
+        health::start(backend.clone(), health::HEALTH_POLL_INTERVAL).await;
     let api = EtcdApi::new(backend, limits);
     let msg_max = limits.grpc_message_bytes_max();
     let lessor = tokio::spawn(lease::run_lessor(api.clone()));
@@ -80,8 +87,10 @@ pub async fn serve_grpc<B: Backend>(
                 .max_decoding_message_size(msg_max),
         )
         .add_service(ClusterServer::new(api).max_decoding_message_size(msg_max))
+        .add_service(health_service)
         .serve_with_incoming_shutdown(client_port::incoming(listener, table), shutdown)
         .await;
+    health_task.abort();
     lessor.abort();
     served
 }

@@ -158,6 +158,15 @@ mod defaults {
     pub fn lease_check_interval_ms() -> u64 {
         500
     }
+    pub fn auto_compaction_mode() -> String {
+        "periodic".into()
+    }
+    pub fn auto_compaction_retention() -> String {
+        "0".into()
+    }
+    pub fn auto_compaction_revision_interval_ms() -> u64 {
+        300_000
+    }
     pub fn checkpoint_period() -> u64 {
         1024
     }
@@ -182,6 +191,17 @@ pub struct Storage {
     pub durability: Durability,
     /// "{id}" is replaced by the replica id; relative to the config file.
     pub data_dir: String,
+    /// A bftd snapshot file (`etcdctl snapshot save` from a bftd cluster)
+    /// whose store the cluster starts from instead of an empty one;
+    /// relative to the config file; "" (default) = empty. Read whenever a
+    /// replica starts without a checkpoint; see [`crate::seed`].
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub initial_snapshot: String,
+    /// The sha256 (64 hex digits, the file's trailing etcd checksum) that
+    /// `initial_snapshot` must have: every replica then starts from the
+    /// identical store, or refuses to start.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub initial_snapshot_sha256: String,
 }
 
 /// `[dataplane]`: threads, pinning and queue bounds of one replica.
@@ -262,6 +282,18 @@ pub struct Api {
     /// a vote leaves at most this late).
     #[serde(default = "defaults::lease_check_interval_ms")]
     pub lease_check_interval_ms: u64,
+    /// etcd's `--auto-compaction-mode`: "periodic" or "revision" (see
+    /// [`crate::compactor`]).
+    #[serde(default = "defaults::auto_compaction_mode")]
+    pub auto_compaction_mode: String,
+    /// etcd's `--auto-compaction-retention`: periodic, a duration ("1h",
+    /// "30m", or a bare number of hours); revision, a number of
+    /// revisions; "0" = off (the default, as etcd).
+    #[serde(default = "defaults::auto_compaction_retention")]
+    pub auto_compaction_retention: String,
+    /// Revision mode checks this often, ms (etcd: 5 minutes).
+    #[serde(default = "defaults::auto_compaction_revision_interval_ms")]
+    pub auto_compaction_revision_interval_ms: u64,
 }
 
 /// One `[[replica]]` table.
@@ -422,6 +454,24 @@ impl ClusterConfig {
                 p.quota_backend_bytes
             ));
         }
+        self.auto_compaction().map_err(ConfigError::Invalid)?;
+        let st = &self.storage;
+        if st.initial_snapshot.is_empty() != st.initial_snapshot_sha256.is_empty() {
+            return invalid(
+                "[storage] initial_snapshot and initial_snapshot_sha256 go together: set both \
+                 (`bftd init --from-snapshot` does) or neither",
+            );
+        }
+        if !st.initial_snapshot_sha256.is_empty()
+            && (st.initial_snapshot_sha256.len() != 64
+                || hex::decode(&st.initial_snapshot_sha256).is_err())
+        {
+            return invalid(format!(
+                "[storage] initial_snapshot_sha256 = {:?}: 64 hex digits (the file's trailing \
+                 sha256)",
+                st.initial_snapshot_sha256
+            ));
+        }
         self.control_config(0)
             .validate()
             .map_err(|e| ConfigError::Invalid(format!("[protocol]: {e}")))?;
@@ -529,6 +579,26 @@ impl ClusterConfig {
         } else {
             self.base_dir.join(p)
         }
+    }
+
+    /// The `[api]` auto-compaction, `None` when off.
+    ///
+    /// # Errors
+    /// A mode or retention that does not parse (see
+    /// [`crate::compactor::parse`]).
+    pub fn auto_compaction(&self) -> Result<Option<crate::compactor::AutoCompaction>, String> {
+        let a = &self.api;
+        crate::compactor::parse(
+            &a.auto_compaction_mode,
+            &a.auto_compaction_retention,
+            std::time::Duration::from_millis(a.auto_compaction_revision_interval_ms),
+        )
+    }
+
+    /// Path of `[storage] initial_snapshot`, if set.
+    pub fn initial_snapshot_path(&self) -> Option<PathBuf> {
+        (!self.storage.initial_snapshot.is_empty())
+            .then(|| self.resolve(&self.storage.initial_snapshot))
     }
 
     /// Data directory of replica `id`.
@@ -726,6 +796,16 @@ mod tests {
             a.range_response_bytes_max,
             defaults::range_response_bytes_max()
         );
+        assert_eq!(a.auto_compaction_mode, defaults::auto_compaction_mode());
+        assert_eq!(
+            a.auto_compaction_retention,
+            defaults::auto_compaction_retention()
+        );
+        assert_eq!(
+            a.auto_compaction_revision_interval_ms,
+            defaults::auto_compaction_revision_interval_ms()
+        );
+        assert_eq!(t.auto_compaction(), Ok(None), "off by default, as etcd");
         let d = api::ApiLimits::default();
         assert_eq!(a.client_connections_max, d.client_connections_max);
         assert_eq!(a.range_response_bytes_max, d.range_response_bytes_max);
@@ -814,6 +894,26 @@ mod tests {
         c.protocol.quota_backend_bytes = QUOTA_BACKEND_BYTES_MAX;
         c.validate().unwrap();
         c.protocol.quota_backend_bytes = 0; // etcd's default
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn auto_compaction_and_initial_snapshot_keys_are_checked_at_load() {
+        let mut c = four();
+        c.api.auto_compaction_mode = "revision".into();
+        c.api.auto_compaction_retention = "1h".into();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("auto_compaction_retention"), "{err}");
+        c.api.auto_compaction_retention = "100".into();
+        c.validate().unwrap();
+        let mut c = four();
+        c.storage.initial_snapshot = "seed.db".into();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("go together"), "{err}");
+        c.storage.initial_snapshot_sha256 = "ab".into();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("64 hex digits"), "{err}");
+        c.storage.initial_snapshot_sha256 = "ab".repeat(32);
         c.validate().unwrap();
     }
 }

@@ -38,6 +38,12 @@ enum Cmd {
         base_port: u16,
         #[arg(long, value_enum, default_value_t = Durability::Fsync)]
         durability: Durability,
+        /// Start the new cluster from the store in this file (`etcdctl
+        /// snapshot save` from a bftd cluster): copied into --dir and
+        /// pinned in the config by its sha256. A damaged or foreign file
+        /// is refused.
+        #[arg(long, value_name = "FILE")]
+        from_snapshot: Option<PathBuf>,
     },
     /// Run one replica (for systemd and containers) until SIGINT/SIGTERM.
     Run {
@@ -100,6 +106,7 @@ fn main() -> ExitCode {
             dir,
             base_port,
             durability,
+            from_snapshot: None,
         } => config::init_loopback(&dir, replicas, base_port, durability)
             .map(|p| {
                 println!(
@@ -110,6 +117,22 @@ fn main() -> ExitCode {
                 )
             })
             .map_err(|e| e.to_string()),
+        Cmd::Init {
+            replicas,
+            dir,
+            base_port,
+            durability,
+            from_snapshot: Some(file),
+        } => bftd::seed::init_loopback_from_snapshot(&dir, replicas, base_port, durability, &file)
+            .map(|(p, rev)| {
+                println!(
+                    "wrote {} and {} keys under {}; the cluster starts from {} (revision {rev})",
+                    p.display(),
+                    replicas,
+                    dir.join("keys").display(),
+                    dir.join(bftd::seed::INITIAL_SNAPSHOT_FILE).display()
+                )
+            }),
         Cmd::Run {
             config,
             id,

@@ -17,6 +17,7 @@ pub fn run(
 ) -> Result<(), Box<dyn std::error::Error>> {
     let config = Arc::new(config);
     let entry = config.replica(id)?.clone();
+    let auto_compaction = config.auto_compaction()?;
     let running = replica::start(config.clone(), id)?;
     let backend = Arc::new(ReplicaBackend {
         hist: running.hist.clone(),
@@ -86,6 +87,10 @@ pub fn run(
         let grpc_listener = tokio::net::TcpListener::bind(entry.client_addr)
             .await
             .map_err(|e| format!("client address {}: {e}", entry.client_addr))?;
+        let compactor = auto_compaction.map(|ac| {
+            tracing::info!(replica = id, config = ?ac, "auto compaction on");
+            tokio::spawn(crate::compactor::run(backend.clone(), ac))
+        });
         let grpc = tokio::spawn(api::serve_grpc(
             grpc_listener,
             backend,
@@ -103,6 +108,9 @@ pub fn run(
         wait_for_signal().await;
         tracing::info!(replica = id, "stopping");
         let _ = stop_tx.send(true);
+        if let Some(c) = compactor {
+            c.abort();
+        }
         let _ = grpc.await;
         let _ = http.await;
         Ok::<(), Box<dyn std::error::Error>>(())

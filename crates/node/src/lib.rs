@@ -33,4 +33,6 @@ pub mod restore;
 pub use carry::{carry_out, Host};
 pub use exec::{execute_request, take_checkpoint};
 pub use log::{Ack, DiskJob, LogWriter};
-pub use restore::{lease_votes_needed, restore, restore_with_quota, RestoreError, Restored};
+pub use restore::{
+    lease_votes_needed, restore, restore_from, restore_with_quota, RestoreError, Restored,
+};

@@ -163,6 +163,26 @@ pub fn restore_with_quota(
     commands_max: usize,
     quota_backend_bytes: u64,
 ) -> Result<Restored, RestoreError> {
+    restore_from(cfg, rec, limits, commands_max, quota_backend_bytes, None)
+}
+
+/// [`restore_with_quota`] for a cluster that started from `initial_store`
+/// instead of an empty store (a seeded cluster, `bftd init
+/// --from-snapshot`): when `rec` holds no checkpoint, the logged decisions
+/// are re-executed on `initial_store`. Every replica of the cluster must
+/// pass an identical store (or none): it is the state before decision 1.
+/// With a checkpoint it is not used (the checkpoint holds the whole state).
+///
+/// # Errors
+/// As [`restore_with_quota`].
+pub fn restore_from(
+    cfg: control::Config,
+    rec: Recovered,
+    limits: &Limits,
+    commands_max: usize,
+    quota_backend_bytes: u64,
+    initial_store: Option<Store>,
+) -> Result<Restored, RestoreError> {
     let restarted = rec.checkpoint.is_some() || !rec.records.is_empty() || rec.regency > 0;
     let chunk_bytes = cfg.snapshot_chunk_bytes;
     let (mut store, mut clients, mut last, mut proof, checkpoint) = match rec.checkpoint {
@@ -176,7 +196,13 @@ pub fn restore_with_quota(
                 .map_err(|e| corrupt(format!("checkpoint {} does not decode: {e}", c.cid)))?;
             (store, ckpt.clients, ckpt.cid, ckpt.proof, Some(prepared))
         }
-        None => (Store::new(), ClientTable::default(), 0, None, None),
+        None => (
+            initial_store.unwrap_or_default(),
+            ClientTable::default(),
+            0,
+            None,
+            None,
+        ),
     };
     store.set_quota_bytes(quota_backend_bytes);
     // A lease expires on the votes of f+1 replicas: at least one correct.

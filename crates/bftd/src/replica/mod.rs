@@ -58,6 +58,8 @@ pub enum StartError {
     Storage(#[from] storage::StorageError),
     #[error("recovery: {0}")]
     Recovery(String),
+    #[error("[storage] initial_snapshot: {0}")]
+    InitialSnapshot(String),
 }
 
 /// A running replica's shared handles (for the API, metrics and tests).
@@ -230,6 +232,7 @@ pub fn start_with_io(config: Arc<ClusterConfig>, id: u16, io: Io) -> Result<Runn
         &limits,
         config.api.proxy_bundle_ops_max,
         config.protocol.quota_backend_bytes,
+        || crate::seed::initial_store(&config),
     )?;
     tracing::info!(
         replica = id,
@@ -468,6 +471,10 @@ impl api::Backend for ReplicaBackend {
     }
     fn quota_bytes(&self) -> u64 {
         self.store.read().quota_bytes()
+    }
+    fn snapshot(&self) -> (i64, Vec<u8>) {
+        let s = self.store.read();
+        (s.revision(), s.snapshot())
     }
     fn watch_events(
         &self,

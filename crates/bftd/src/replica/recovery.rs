@@ -26,7 +26,10 @@ pub struct Restored {
 
 /// Opens the log in `dir` and rebuilds the replica's state from it; the
 /// store gets the space quota `quota_backend_bytes` (`[protocol]`) before
-/// the logged decisions are re-executed.
+/// the logged decisions are re-executed. Without a checkpoint in the log,
+/// the decisions are re-executed on the store `initial_store` returns (a
+/// seeded cluster, see [`crate::seed`]; `None`: an empty store); with one,
+/// `initial_store` is not called.
 pub fn restore(
     dir: &std::path::Path,
     durability: storage::Durability,
@@ -34,12 +37,23 @@ pub fn restore(
     limits: &Limits,
     commands_max: usize,
     quota_backend_bytes: u64,
+    initial_store: impl FnOnce() -> Result<Option<Store>, String>,
 ) -> Result<Restored, StartError> {
     let (storage, rec) = Storage::open(dir, durability, storage::Limits::default())?;
     for w in &rec.warnings {
         tracing::warn!(dir = %dir.display(), "recovery: {w}");
     }
-    let r = node::restore_with_quota(cfg, rec, limits, commands_max, quota_backend_bytes)
+    let initial = match rec.checkpoint {
+        Some(_) => None,
+        None => initial_store().map_err(StartError::InitialSnapshot)?,
+    };
+    if let Some(s) = &initial {
+        tracing::info!(
+            revision = s.revision(),
+            "starting from the initial snapshot"
+        );
+    }
+    let r = node::restore_from(cfg, rec, limits, commands_max, quota_backend_bytes, initial)
         .map_err(|e| StartError::Recovery(format!("{e}; {}", node::RestoreError::advice())))?;
     Ok(Restored {
         storage,

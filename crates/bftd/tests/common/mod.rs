@@ -77,6 +77,12 @@ impl Cluster {
 
     /// Like [`Cluster::start`], with options.
     pub fn start_with(name: &str, o: Opts) -> Self {
+        Self::start_configured(name, o, |_| {})
+    }
+
+    /// Like [`Cluster::start_with`]; `edit` changes the config (replicas
+    /// already listed, `base_dir` set) before it is written.
+    pub fn start_configured(name: &str, o: Opts, edit: impl FnOnce(&mut ClusterConfig)) -> Self {
         let n = o.n;
         let dir = std::env::temp_dir().join(format!("bftd-it-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -121,6 +127,7 @@ impl Cluster {
                 key_file: None,
             });
         }
+        edit(&mut cfg);
         cfg.validate().unwrap();
         let config_path = dir.join("bftd.toml");
         std::fs::write(&config_path, cfg.to_toml()).unwrap();
