@@ -137,19 +137,23 @@ impl<B: Backend> Session<B> {
         let interval = self.limits().watch_progress_notify_interval;
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The client closed its side of the stream (it sends no more
+        // requests). As etcd, its watchers go on until it cancels the call.
+        let mut client_done = false;
         loop {
             let pending = self.watchers.values().any(|w| w.next_revision <= known);
             tokio::select! {
                 biased;
                 () = tx.closed() => break,
-                msg = inbound.message() => match msg {
+                msg = inbound.message(), if !client_done => match msg {
                     Ok(Some(req)) => {
                         if self.handle(req, &tx).await.is_err() {
                             break;
                         }
                     }
-                    // The client closed its side or the stream broke.
-                    Ok(None) | Err(_) => break,
+                    Ok(None) => client_done = true,
+                    // The stream broke.
+                    Err(_) => break,
                 },
                 permit = tx.reserve(), if pending => {
                     let Ok(permit) = permit else { break };
@@ -431,6 +435,7 @@ mod tests {
     struct Server {
         backend: Arc<OneStore>,
         client: Client,
+        addr: std::net::SocketAddr,
         _stop: tokio::sync::oneshot::Sender<()>,
     }
 
@@ -453,6 +458,7 @@ mod tests {
         Server {
             backend,
             client,
+            addr,
             _stop: stop,
         }
     }
@@ -507,6 +513,38 @@ mod tests {
                 (Ev::Delete, "a/1".into(), 5, "".into(), Some("z".into())),
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn watchers_go_on_after_the_client_closes_its_side() {
+        // etcd keeps a stream's watchers until the client cancels the call,
+        // also once the client sent its requests and closed its side.
+        let mut s = serve(ApiLimits::default()).await;
+        let create = WatchRequest {
+            request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
+                key: b"k".to_vec(),
+                ..Default::default()
+            })),
+        };
+        let (_channel, mut responses) =
+            crate::grpc::tests::send_and_half_close::<_, WatchResponse>(
+                s.addr,
+                "/etcdserverpb.Watch/Watch",
+                vec![create],
+            )
+            .await;
+        let mut next_raw = async || {
+            tokio::time::timeout(WAIT, responses.message())
+                .await
+                .expect("a watch response in time")
+                .unwrap()
+                .expect("the stream is still open")
+        };
+        assert!(next_raw().await.created);
+        s.client.put("k", "v", None).await.unwrap(); // rev 2
+        let r = next_raw().await;
+        let kv = r.events[0].kv.as_ref().unwrap();
+        assert_eq!((&kv.key[..], kv.mod_revision), (&b"k"[..], 2));
     }
 
     #[tokio::test]
