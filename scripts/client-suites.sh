@@ -54,8 +54,9 @@ if [ "${1:-}" = "--inner" ]; then
     server=$2
     suite=$3
     out=$4
+    tmp=$5/$server-$suite
+    mkdir -p "$tmp"
     ip link set lo up
-    tmp=$(mktemp -d /tmp/client-suites.XXXXXX)
     pids=()
     cleanup() {
         for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
@@ -110,18 +111,22 @@ if [ "${1:-}" = "--inner" ]; then
         # PYTHONPATH: test_user_pwd_auth patches the top-level module `etcdrpc`.
         (cd "$work/src/$ETCD3_SRC" &&
             PYTHONPATH=etcd3 PYTHON_ETCD_HTTP_URL=$ENDPOINT TEST_ETCD_VERSION=v3.4.23 \
-                timeout -k 10 "$run_timeout_s" "$work/venv-etcd3/bin/python" -m pytest tests \
+                exec timeout -k 10 "$run_timeout_s" "$work/venv-etcd3/bin/python" -m pytest tests \
                 -p no:cacheprovider --timeout="$test_timeout_s" -rfE \
-                --junitxml="$out/$suite-$server.xml" >"$out/$suite-$server.log" 2>&1) || true
+                --junitxml="$out/$suite-$server.xml" >"$out/$suite-$server.log" 2>&1) &
         ;;
     aetcd)
         (cd "$work/src/$AETCD_SRC" &&
             TEST_ETCD_HTTP_URL=$ENDPOINT \
-                timeout -k 10 "$run_timeout_s" "$work/venv-aetcd/bin/python" -m pytest tests \
+                exec timeout -k 10 "$run_timeout_s" "$work/venv-aetcd/bin/python" -m pytest tests \
                 --with-cluster -o addopts= -p no:cacheprovider --timeout="$test_timeout_s" -rfE \
-                --junitxml="$out/$suite-$server.xml" >"$out/$suite-$server.log" 2>&1) || true
+                --junitxml="$out/$suite-$server.xml" >"$out/$suite-$server.log" 2>&1) &
         ;;
     esac
+    # In the background so that a TERM is handled at once: this shell is the
+    # namespace's PID 1, and when it exits the kernel kills what is left.
+    pids+=($!)
+    wait "$!" || true
     echo "   $(tail -n 1 "$out/$suite-$server.log")"
     exit 0
 fi
@@ -146,7 +151,6 @@ python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 command -v unshare >/dev/null 2>&1 || need+=(util-linux)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v pgrep >/dev/null 2>&1 || need+=(procps) # the suites SIGSTOP etcd members with it
-command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing: ${need[*]}"
     SUDO=""
@@ -193,14 +197,29 @@ fi
 out=$work/last
 mkdir -p "$out"
 for s in "${servers[@]}"; do rm -f "$out"/*-"$s".xml "$out"/*-"$s".log "$out"/server-*-"$s"*.log; done
+runtmp=$(mktemp -d /tmp/client-suites.XXXXXX)
 child=""
-trap '[ -n "$child" ] && kill -TERM "$child" 2>/dev/null; wait 2>/dev/null || true' EXIT
+# unshare ignores TERM while it waits: stop the inner shell (the namespace's
+# PID 1, which stops its server and pytest), SIGKILL it if it lingers (the
+# kernel then kills the whole namespace), and remove the data directories.
+stop_child() {
+    if [ -n "$child" ]; then
+        local inner
+        inner=$(pgrep -P "$child" || true)
+        [ -z "$inner" ] || kill -TERM $inner 2>/dev/null || true
+        for _ in $(seq 100); do kill -0 "$child" 2>/dev/null || break; sleep 0.1; done
+        [ -z "$inner" ] || kill -KILL $inner 2>/dev/null || true
+        wait "$child" 2>/dev/null || true
+    fi
+    rm -rf "$runtmp"
+}
+trap stop_child EXIT
 trap 'exit 130' INT TERM
 for s in "${servers[@]}"; do
     for suite in python-etcd3 aetcd; do
         unshare --net --pid --fork --mount-proc --kill-child=SIGTERM \
             env CARGO_TARGET_DIR="$target" BFTD_BIN="${BFTD_BIN:-}" \
-            bash "$repo/scripts/client-suites.sh" --inner "$s" "$suite" "$out" &
+            bash "$repo/scripts/client-suites.sh" --inner "$s" "$suite" "$out" "$runtmp" &
         child=$!
         wait "$child" || echo "$suite against $s failed (exit $?); see $out" >&2
         child=""
