@@ -506,6 +506,40 @@ pub(crate) mod tests {
     use crate::backend::{ClusterInfo, MemberInfo, Progress};
     use std::sync::Mutex;
 
+    /// Opens a bidirectional-streaming etcd RPC by its gRPC path (e.g.
+    /// "/etcdserverpb.Watch/Watch") on `addr`, sends `requests` and closes
+    /// the client's side of the stream, as a client that sends its requests
+    /// up front and half-closes does. Returns the channel (keep it while
+    /// reading) and the response stream.
+    pub(crate) async fn send_and_half_close<Req, Resp>(
+        addr: std::net::SocketAddr,
+        path: &'static str,
+        requests: Vec<Req>,
+    ) -> (tonic::transport::Channel, tonic::Streaming<Resp>)
+    where
+        Req: prost::Message + Send + Sync + 'static,
+        Resp: prost::Message + Default + Send + Sync + 'static,
+    {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut grpc = tonic::client::Grpc::new(channel.clone());
+        grpc.ready().await.unwrap();
+        let codec = tonic_prost::ProstCodec::<Req, Resp>::default();
+        let responses = grpc
+            .streaming(
+                tonic::Request::new(tokio_stream::iter(requests)),
+                http::uri::PathAndQuery::from_static(path),
+                codec,
+            )
+            .await
+            .unwrap()
+            .into_inner();
+        (channel, responses)
+    }
+
     /// A backend over one local store: submitted commands apply at once.
     pub(crate) struct OneStore {
         pub(crate) store: Mutex<kv::Store>,

@@ -219,7 +219,10 @@ impl<B: Backend> Lease for EtcdApi<B> {
     type LeaseKeepAliveStream = KeepAliveStream;
 
     /// etcd's LeaseKeepAlive stream: one response per request, with the
-    /// lease's TTL, or TTL 0 when the lease does not exist (as etcd).
+    /// lease's TTL, or TTL 0 when the lease does not exist (as etcd). When
+    /// the client closes its side, every keep-alive already received is
+    /// still answered before the stream ends (etcd answers each one before
+    /// it reads the next).
     async fn lease_keep_alive(
         &self,
         req: Request<Streaming<LeaseKeepAliveRequest>>,
@@ -230,16 +233,23 @@ impl<B: Backend> Lease for EtcdApi<B> {
         tokio::spawn(async move {
             // One task per keep-alive waiting for its renewal (bounded).
             let mut pending = tokio::task::JoinSet::new();
+            let mut client_done = false;
             loop {
+                if client_done && pending.is_empty() {
+                    break;
+                }
                 tokio::select! {
                     () = tx.closed() => break,
-                    msg = inbound.message(), if pending.len() < KEEPALIVES_PENDING_PER_STREAM_MAX => {
+                    msg = inbound.message(), if !client_done && pending.len() < KEEPALIVES_PENDING_PER_STREAM_MAX => {
                         match msg {
                             Ok(Some(LeaseKeepAliveRequest { id })) => {
                                 let rx = api.keep_alive(id);
                                 pending.spawn(async move { (id, rx.await) });
                             }
-                            Ok(None) | Err(_) => break,
+                            // The client closed its side: answer what it
+                            // sent, then end the stream.
+                            Ok(None) => client_done = true,
+                            Err(_) => break,
                         }
                     }
                     Some(done) = pending.join_next(), if !pending.is_empty() => {
@@ -320,6 +330,7 @@ mod tests {
     use std::time::Duration;
 
     use etcd_client::{Client, EventType, LeaseTimeToLiveOptions, PutOptions, WatchOptions};
+    use kv::pb::etcdserverpb::{LeaseKeepAliveRequest, LeaseKeepAliveResponse};
 
     use crate::client_port::ConnTable;
     use crate::grpc::tests::{one_store, OneStore};
@@ -327,7 +338,14 @@ mod tests {
 
     const WAIT: Duration = Duration::from_secs(10);
 
-    async fn serve(limits: ApiLimits) -> (Arc<OneStore>, Client, tokio::sync::oneshot::Sender<()>) {
+    type Served = (
+        Arc<OneStore>,
+        Client,
+        std::net::SocketAddr,
+        tokio::sync::oneshot::Sender<()>,
+    );
+
+    async fn serve(limits: ApiLimits) -> Served {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let backend = Arc::new(one_store(u64::MAX));
@@ -343,12 +361,12 @@ mod tests {
             },
         ));
         let client = Client::connect([addr.to_string()], None).await.unwrap();
-        (backend, client, stop)
+        (backend, client, addr, stop)
     }
 
     #[tokio::test]
     async fn grant_attach_time_to_live_list_and_revoke_as_etcd() {
-        let (_b, mut c, _stop) = serve(ApiLimits::default()).await;
+        let (_b, mut c, _addr, _stop) = serve(ApiLimits::default()).await;
         let g = c.lease_grant(60, None).await.unwrap();
         assert_eq!(g.ttl(), 60);
         let id = g.id();
@@ -406,12 +424,43 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn keep_alives_sent_before_the_client_closes_its_side_are_all_answered() {
+        // etcd answers every keep-alive it read before the client closed
+        // its side (python-etcd3's `Lease.refresh` sends one and closes).
+        let (_b, mut c, addr, _stop) = serve(ApiLimits::default()).await;
+        let id = c.lease_grant(30, None).await.unwrap().id();
+        let requests: Vec<LeaseKeepAliveRequest> = [id, 4242, id]
+            .into_iter()
+            .map(|id| LeaseKeepAliveRequest { id })
+            .collect();
+        let (_channel, mut responses) = crate::grpc::tests::send_and_half_close::<
+            _,
+            LeaseKeepAliveResponse,
+        >(
+            addr, "/etcdserverpb.Lease/LeaseKeepAlive", requests
+        )
+        .await;
+        let mut got = Vec::new();
+        while let Some(r) = tokio::time::timeout(WAIT, responses.message())
+            .await
+            .expect("a response or the end of the stream in time")
+            .unwrap()
+        {
+            got.push((r.id, r.ttl));
+        }
+        got.sort();
+        let mut want = vec![(id, 30), (id, 30), (4242, 0)];
+        want.sort();
+        assert_eq!(got, want);
+    }
+
+    #[tokio::test]
     async fn keep_alives_answer_the_ttl_or_zero_and_keep_the_lease() {
         let limits = ApiLimits {
             lease_check_interval: Duration::from_millis(50),
             ..ApiLimits::default()
         };
-        let (b, mut c, _stop) = serve(limits).await;
+        let (b, mut c, _addr, _stop) = serve(limits).await;
         let id = c.lease_grant(2, None).await.unwrap().id();
         c.put("k", "v", Some(PutOptions::new().with_lease(id)))
             .await

@@ -483,6 +483,7 @@ mod tests {
     struct Server {
         backend: Arc<OneStore>,
         client: Client,
+        addr: std::net::SocketAddr,
         _stop: tokio::sync::oneshot::Sender<()>,
     }
 
@@ -505,6 +506,7 @@ mod tests {
         Server {
             backend,
             client,
+            addr,
             _stop: stop,
         }
     }
@@ -559,6 +561,38 @@ mod tests {
                 (Ev::Delete, "a/1".into(), 5, "".into(), Some("z".into())),
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn watchers_go_on_after_the_client_closes_its_side() {
+        // etcd keeps a stream's watchers until the client cancels the call,
+        // also once the client sent its requests and closed its side.
+        let mut s = serve(ApiLimits::default()).await;
+        let create = WatchRequest {
+            request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
+                key: b"k".to_vec(),
+                ..Default::default()
+            })),
+        };
+        let (_channel, mut responses) =
+            crate::grpc::tests::send_and_half_close::<_, WatchResponse>(
+                s.addr,
+                "/etcdserverpb.Watch/Watch",
+                vec![create],
+            )
+            .await;
+        let mut next_raw = async || {
+            tokio::time::timeout(WAIT, responses.message())
+                .await
+                .expect("a watch response in time")
+                .unwrap()
+                .expect("the stream is still open")
+        };
+        assert!(next_raw().await.created);
+        s.client.put("k", "v", None).await.unwrap(); // rev 2
+        let r = next_raw().await;
+        let kv = r.events[0].kv.as_ref().unwrap();
+        assert_eq!((&kv.key[..], kv.mod_revision), (&b"k"[..], 2));
     }
 
     #[tokio::test]
@@ -753,22 +787,6 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(events(&next(&mut w).await)[0].3, "live");
-    }
-
-    #[tokio::test]
-    async fn events_keep_coming_after_the_client_closed_its_sending_side() {
-        let mut s = serve(ApiLimits::default()).await;
-        let mut w = s.client.watch("k", None).await.unwrap();
-        assert!(next(&mut w).await.created());
-        let (sender, mut events) = w.split();
-        drop(sender);
-        s.client.put("k", "v", None).await.unwrap();
-        let r = tokio::time::timeout(WAIT, events.message())
-            .await
-            .expect("an event in time")
-            .unwrap()
-            .expect("the stream is open");
-        assert_eq!(r.events().len(), 1);
     }
 
     #[tokio::test]
