@@ -1,10 +1,11 @@
 //! etcd v3 gRPC services over a [`Backend`]: KV (Range, Put, DeleteRange,
-//! Txn, Compact), Watch (in [`crate::watch`]), Maintenance (Status, Hash, HashKV, Alarm: NOSPACE derived
-//! from the store's space quota; Defragment; Snapshot, in
-//! [`crate::snapshot`]) and Cluster
-//! (MemberList). Package `etcdserverpb`, etcd's field numbers; services and
-//! methods not served here answer UNIMPLEMENTED (tonic's router does so for
-//! unknown paths).
+//! Txn, Compact), Maintenance (Status, Hash, HashKV, Alarm: stored alarms
+//! and NOSPACE derived from the store's space quota; Defragment; Snapshot,
+//! in [`crate::snapshot`]) and Cluster (MemberList). Watch, Lease, Lock and
+//! Election are in [`crate::watch`], [`crate::lease`] and
+//! [`crate::concurrency`]. Package `etcdserverpb`, etcd's field numbers;
+//! services and methods not served here answer UNIMPLEMENTED (tonic's
+//! router does so for unknown paths).
 //!
 //! Errors carry etcd's strings and codes, which clientv3 maps back to its
 //! typed errors (e.g. "etcdserver: mvcc: required revision has been
