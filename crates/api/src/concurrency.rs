@@ -551,39 +551,18 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use etcd_client::{Client, LockOptions, ProclaimOptions, ResignOptions};
+    use etcd_client::{LockOptions, ProclaimOptions, ResignOptions};
 
     use super::prefix_end;
-    use crate::client_port::ConnTable;
-    use crate::grpc::tests::one_store;
+    use crate::grpc::tests::serve;
     use crate::ApiLimits;
 
     const WAIT: Duration = Duration::from_secs(10);
 
-    async fn serve() -> (Client, tokio::sync::oneshot::Sender<()>) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let limits = ApiLimits::default();
-        let table = ConnTable::new(&limits);
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(crate::serve_grpc(
-            listener,
-            Arc::new(one_store(u64::MAX)),
-            limits,
-            table,
-            async move {
-                let _ = stopped.await;
-            },
-        ));
-        (
-            Client::connect([addr.to_string()], None).await.unwrap(),
-            stop,
-        )
-    }
-
     #[tokio::test]
     async fn a_lock_is_held_by_one_contender_at_a_time() {
-        let (mut c, _stop) = serve().await;
+        let s = serve(ApiLimits::default()).await;
+        let mut c = s.client.clone();
         let a = c.lease_grant(60, None).await.unwrap().id();
         let b = c.lease_grant(60, None).await.unwrap().id();
         let held = c
@@ -644,7 +623,8 @@ mod tests {
 
     #[tokio::test]
     async fn an_election_campaigns_proclaims_observes_and_resigns_as_etcd() {
-        let (mut c, _stop) = serve().await;
+        let s = serve(ApiLimits::default()).await;
+        let mut c = s.client.clone();
         let a = c.lease_grant(60, None).await.unwrap().id();
         let b = c.lease_grant(60, None).await.unwrap().id();
         let won = c.campaign("E", "p1", a).await.unwrap();

@@ -625,6 +625,42 @@ pub(crate) mod tests {
         EtcdApi::new(Arc::new(one_store(quota_bytes)), ApiLimits::default())
     }
 
+    /// A [`OneStore`] served on a loopback port, and an etcd-client
+    /// connected to it; the server stops when `_stop` is dropped.
+    pub(crate) struct Served {
+        pub(crate) backend: Arc<OneStore>,
+        pub(crate) client: etcd_client::Client,
+        pub(crate) addr: std::net::SocketAddr,
+        _stop: tokio::sync::oneshot::Sender<()>,
+    }
+
+    /// Serves a fresh [`OneStore`] (no quota) with `limits`.
+    pub(crate) async fn serve(limits: ApiLimits) -> Served {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let backend = Arc::new(one_store(u64::MAX));
+        let table = crate::client_port::ConnTable::new(&limits);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(crate::serve_grpc(
+            listener,
+            backend.clone(),
+            limits,
+            table,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        let client = etcd_client::Client::connect([addr.to_string()], None)
+            .await
+            .unwrap();
+        Served {
+            backend,
+            client,
+            addr,
+            _stop: stop,
+        }
+    }
+
     /// A [`OneStore`] with an empty store and this space quota.
     pub(crate) fn one_store(quota_bytes: u64) -> OneStore {
         let mut store = kv::Store::new();

@@ -326,47 +326,20 @@ impl<B: Backend> Lease for EtcdApi<B> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
     use std::time::Duration;
 
-    use etcd_client::{Client, EventType, LeaseTimeToLiveOptions, PutOptions, WatchOptions};
+    use etcd_client::{EventType, LeaseTimeToLiveOptions, PutOptions, WatchOptions};
     use kv::pb::etcdserverpb::{LeaseKeepAliveRequest, LeaseKeepAliveResponse};
 
-    use crate::client_port::ConnTable;
-    use crate::grpc::tests::{one_store, OneStore};
+    use crate::grpc::tests::serve;
     use crate::ApiLimits;
 
     const WAIT: Duration = Duration::from_secs(10);
 
-    type Served = (
-        Arc<OneStore>,
-        Client,
-        std::net::SocketAddr,
-        tokio::sync::oneshot::Sender<()>,
-    );
-
-    async fn serve(limits: ApiLimits) -> Served {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let backend = Arc::new(one_store(u64::MAX));
-        let table = ConnTable::new(&limits);
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(crate::serve_grpc(
-            listener,
-            backend.clone(),
-            limits,
-            table,
-            async move {
-                let _ = stopped.await;
-            },
-        ));
-        let client = Client::connect([addr.to_string()], None).await.unwrap();
-        (backend, client, addr, stop)
-    }
-
     #[tokio::test]
     async fn grant_attach_time_to_live_list_and_revoke_as_etcd() {
-        let (_b, mut c, _addr, _stop) = serve(ApiLimits::default()).await;
+        let s = serve(ApiLimits::default()).await;
+        let mut c = s.client.clone();
         let g = c.lease_grant(60, None).await.unwrap();
         assert_eq!(g.ttl(), 60);
         let id = g.id();
@@ -427,7 +400,8 @@ mod tests {
     async fn keep_alives_sent_before_the_client_closes_its_side_are_all_answered() {
         // etcd answers every keep-alive it read before the client closed
         // its side (python-etcd3's `Lease.refresh` sends one and closes).
-        let (_b, mut c, addr, _stop) = serve(ApiLimits::default()).await;
+        let s = serve(ApiLimits::default()).await;
+        let (mut c, addr) = (s.client.clone(), s.addr);
         let id = c.lease_grant(30, None).await.unwrap().id();
         let requests: Vec<LeaseKeepAliveRequest> = [id, 4242, id]
             .into_iter()
@@ -460,7 +434,8 @@ mod tests {
             lease_check_interval: Duration::from_millis(50),
             ..ApiLimits::default()
         };
-        let (b, mut c, _addr, _stop) = serve(limits).await;
+        let s = serve(limits).await;
+        let (b, mut c) = (s.backend.clone(), s.client.clone());
         let id = c.lease_grant(2, None).await.unwrap().id();
         c.put("k", "v", Some(PutOptions::new().with_lease(id)))
             .await

@@ -467,49 +467,16 @@ impl<B: Backend> Session<B> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
     use std::time::Duration;
 
-    use etcd_client::{Client, EventType as Ev, PutOptions, WatchFilterType, WatchOptions};
+    use etcd_client::{EventType as Ev, PutOptions, WatchFilterType, WatchOptions};
 
     use super::*;
-    use crate::client_port::ConnTable;
-    use crate::grpc::tests::{one_store, OneStore};
+    use crate::grpc::tests::serve;
     use crate::ApiLimits;
 
     /// How long a test waits for one response before failing.
     const WAIT: Duration = Duration::from_secs(10);
-
-    struct Server {
-        backend: Arc<OneStore>,
-        client: Client,
-        addr: std::net::SocketAddr,
-        _stop: tokio::sync::oneshot::Sender<()>,
-    }
-
-    async fn serve(limits: ApiLimits) -> Server {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let backend = Arc::new(one_store(u64::MAX));
-        let table = ConnTable::new(&limits);
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(crate::serve_grpc(
-            listener,
-            backend.clone(),
-            limits,
-            table,
-            async move {
-                let _ = stopped.await;
-            },
-        ));
-        let client = Client::connect([addr.to_string()], None).await.unwrap();
-        Server {
-            backend,
-            client,
-            addr,
-            _stop: stop,
-        }
-    }
 
     async fn next(s: &mut etcd_client::WatchStream) -> etcd_client::WatchResponse {
         tokio::time::timeout(WAIT, s.message())
