@@ -132,9 +132,9 @@ impl Store {
     /// revision.
     ///
     /// # Errors
-    /// TTL above [`MAX_LEASE_TTL_S`] ([`KvError::LeaseTtlTooLarge`]), a
-    /// negative ID or one already granted ([`KvError::LeaseExists`], as
-    /// etcd answers for a duplicate).
+    /// TTL above [`MAX_LEASE_TTL_S`] ([`KvError::LeaseTtlTooLarge`]), an ID
+    /// already granted ([`KvError::LeaseExists`]). A negative ID is granted,
+    /// as etcd grants it.
     pub(crate) fn apply_lease_grant(
         &mut self,
         g: &LeaseGrantRequest,
@@ -144,7 +144,7 @@ impl Store {
         }
         let id = match g.id {
             0 => self.unused_lease_id(),
-            id if id < 0 || self.leases.contains_key(&id) => return Err(KvError::LeaseExists),
+            id if self.leases.contains_key(&id) => return Err(KvError::LeaseExists),
             id => id,
         };
         let ttl_s = g.ttl.max(MIN_LEASE_TTL_S);
@@ -446,6 +446,10 @@ mod tests {
         .into();
         assert_eq!(s.apply(&txn), Err(KvError::LeaseNotFound));
         assert_eq!(s.revision(), 1, "nothing was written");
+        assert_eq!(grant(&mut s, -7, 5), Ok(-7), "etcd grants negative ids");
+        put(&mut s, "neg", -7).unwrap();
+        assert_eq!(keys(&s, -7), ["neg"]);
+        assert_eq!(Store::restore(&s.snapshot()).unwrap(), s);
     }
 
     #[test]

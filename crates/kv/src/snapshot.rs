@@ -11,7 +11,7 @@
 //!   main i64 | sub i64 | kind u8 (0 put, 1 tombstone)
 //!   put only: create_revision i64 | version i64 | lease i64 | value bytes
 //! lease_epoch u64 | lease count u32
-//! per lease, ascending id: id i64 | ttl_s i64 | epoch u64
+//! per lease, ascending id (never 0): id i64 | ttl_s i64 | epoch u64
 //!   | voter count u32 | voters u16, ascending
 //! alarm count u32 | per alarm, ascending: member_id u64 | alarm u32
 //! ```
@@ -154,18 +154,19 @@ fn decode_leases(r: &mut Reader<'_>) -> Result<(u64, Vec<crate::lease::LeaseRow>
     let epoch_max = r.u64()?;
     let n = r.count("leases", usize::MAX, 8 + 8 + 8 + 4)?;
     let mut rows = Vec::with_capacity(n);
-    let mut last_id = 0;
+    let mut last_id: Option<i64> = None;
     for _ in 0..n {
         let id = i64_field(r)?;
         let ttl_s = i64_field(r)?;
         let epoch = r.u64()?;
-        if id <= last_id
+        if id == 0
+            || last_id.is_some_and(|l| id <= l)
             || !(MIN_LEASE_TTL_S..=MAX_LEASE_TTL_S).contains(&ttl_s)
             || epoch > epoch_max
         {
             return Err(bad);
         }
-        last_id = id;
+        last_id = Some(id);
         let k = r.count("lease voters", usize::MAX, 2)?;
         let mut voters = Vec::with_capacity(k);
         for _ in 0..k {
