@@ -12,13 +12,51 @@ use bftd::config::{ClusterConfig, Durability, PinCores, ReplicaEntry};
 
 pub const BFTD: &str = env!("CARGO_BIN_EXE_bftd");
 
-/// Free loopback ports (bound then released: a tiny race with other
-/// processes is accepted).
+/// Loopback ports for test replicas, `k` distinct ones.
+///
+/// Taken below the kernel's ephemeral range
+/// (`/proc/sys/net/ipv4/ip_local_port_range`): a port handed out by
+/// `bind(0)` and released can be taken as the source port of any outgoing
+/// connection (a replica link, etcdctl) before the replica binds it, or
+/// while a killed replica is down, and the replica then exits with "Address
+/// already in use" (CI flake of
+/// `auto_compaction_in_periodic_mode_compacts_to_the_revision_of_one_retention_ago`).
+/// A process-wide counter keeps parallel tests apart; a bind check skips
+/// ports another process holds. Falls back to `bind(0)` when the ephemeral
+/// range starts too low to leave room.
 pub fn free_ports(k: usize) -> Vec<u16> {
-    let ls: Vec<TcpListener> = (0..k)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind port 0"))
-        .collect();
-    ls.iter().map(|l| l.local_addr().unwrap().port()).collect()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_lo: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    const LO: u32 = 10_000;
+    if ephemeral_lo < LO + 2_000 {
+        let ls: Vec<TcpListener> = (0..k)
+            .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind port 0"))
+            .collect();
+        return ls.iter().map(|l| l.local_addr().unwrap().port()).collect();
+    }
+    let span = ephemeral_lo - LO;
+    let base = std::process::id().wrapping_mul(7919) % span;
+    let mut out = Vec::with_capacity(k);
+    for _ in 0..span {
+        if out.len() == k {
+            break;
+        }
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (LO + (base + n) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            out.push(port);
+        }
+    }
+    assert_eq!(
+        out.len(),
+        k,
+        "no {k} free loopback ports in {LO}..{ephemeral_lo}"
+    );
+    out
 }
 
 pub struct Cluster {
