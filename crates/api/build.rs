@@ -10,6 +10,7 @@ fn main() {
         .build_client(false)
         .extern_path(".etcdserverpb", "::kv::pb::etcdserverpb")
         .extern_path(".mvccpb", "::kv::pb::mvccpb")
+        .extern_path(".authpb", "::kv::pb::authpb")
         .compile_with_config(
             config,
             &["../kv/proto/etcdserverpb/rpc.proto"],
@@ -27,6 +28,7 @@ fn main() {
         .build_client(false)
         .extern_path(".etcdserverpb", "::kv::pb::etcdserverpb")
         .extern_path(".mvccpb", "::kv::pb::mvccpb")
+        .extern_path(".authpb", "::kv::pb::authpb")
         .compile_with_config(
             config,
             &["proto/v3lock.proto", "proto/v3election.proto"],

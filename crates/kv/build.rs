@@ -1,4 +1,4 @@
-//! Generates the etcd v3 message types (packages `etcdserverpb`, `mvccpb`)
+//! Generates the etcd v3 message types (packages `etcdserverpb`, `mvccpb`, `authpb`)
 //! and bftd's command encoding (`bftdkv`) with prost, using the protoc
 //! binary shipped in the `protoc-bin-vendored` crate so no system protoc is
 //! needed. Only messages are generated here; the `api` crate compiles the
@@ -8,6 +8,7 @@
 fn main() {
     let protos = [
         "proto/mvccpb/kv.proto",
+        "proto/authpb/auth.proto",
         "proto/etcdserverpb/rpc.proto",
         "proto/bftdkv.proto",
     ];

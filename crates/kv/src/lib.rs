@@ -55,8 +55,12 @@ pub mod pb {
     pub mod mvccpb {
         include!(concat!(env!("OUT_DIR"), "/mvccpb.rs"));
     }
+    /// etcd's `authpb` package: `User`, `Role`, `Permission`.
+    pub mod authpb {
+        include!(concat!(env!("OUT_DIR"), "/authpb.rs"));
+    }
     /// etcd's `etcdserverpb` package: requests, responses and enums of the
-    /// KV, Watch, Lease, Cluster and Maintenance services.
+    /// KV, Watch, Lease, Cluster, Maintenance and Auth services.
     pub mod etcdserverpb {
         include!(concat!(env!("OUT_DIR"), "/etcdserverpb.rs"));
     }
