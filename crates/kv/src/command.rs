@@ -67,6 +67,7 @@ impl From<RangeRequest> for Command {
     fn from(r: RangeRequest) -> Self {
         Command {
             op: Some(Op::Range(r)),
+            ..Default::default()
         }
     }
 }
@@ -74,6 +75,7 @@ impl From<PutRequest> for Command {
     fn from(r: PutRequest) -> Self {
         Command {
             op: Some(Op::Put(r)),
+            ..Default::default()
         }
     }
 }
@@ -81,6 +83,7 @@ impl From<DeleteRangeRequest> for Command {
     fn from(r: DeleteRangeRequest) -> Self {
         Command {
             op: Some(Op::DeleteRange(r)),
+            ..Default::default()
         }
     }
 }
@@ -88,6 +91,7 @@ impl From<TxnRequest> for Command {
     fn from(r: TxnRequest) -> Self {
         Command {
             op: Some(Op::Txn(r)),
+            ..Default::default()
         }
     }
 }
@@ -95,6 +99,7 @@ impl From<CompactionRequest> for Command {
     fn from(r: CompactionRequest) -> Self {
         Command {
             op: Some(Op::Compaction(r)),
+            ..Default::default()
         }
     }
 }
@@ -103,6 +108,7 @@ impl From<crate::pb::etcdserverpb::LeaseGrantRequest> for Command {
     fn from(r: crate::pb::etcdserverpb::LeaseGrantRequest) -> Self {
         Command {
             op: Some(Op::LeaseGrant(r)),
+            ..Default::default()
         }
     }
 }
@@ -110,6 +116,7 @@ impl From<crate::pb::etcdserverpb::LeaseRevokeRequest> for Command {
     fn from(r: crate::pb::etcdserverpb::LeaseRevokeRequest) -> Self {
         Command {
             op: Some(Op::LeaseRevoke(r)),
+            ..Default::default()
         }
     }
 }
@@ -117,6 +124,7 @@ impl From<crate::pb::bftdkv::LeaseRenew> for Command {
     fn from(r: crate::pb::bftdkv::LeaseRenew) -> Self {
         Command {
             op: Some(Op::LeaseRenew(r)),
+            ..Default::default()
         }
     }
 }
@@ -124,6 +132,7 @@ impl From<crate::pb::bftdkv::LeaseExpire> for Command {
     fn from(r: crate::pb::bftdkv::LeaseExpire) -> Self {
         Command {
             op: Some(Op::LeaseExpire(r)),
+            ..Default::default()
         }
     }
 }
@@ -132,8 +141,36 @@ impl From<crate::pb::etcdserverpb::AlarmRequest> for Command {
     fn from(r: crate::pb::etcdserverpb::AlarmRequest) -> Self {
         Command {
             op: Some(Op::Alarm(r)),
+            ..Default::default()
         }
     }
+}
+
+macro_rules! auth_command {
+    ($($req:ident => $op:ident),* $(,)?) => {$(
+        impl From<crate::pb::etcdserverpb::$req> for Command {
+            fn from(r: crate::pb::etcdserverpb::$req) -> Self {
+                Command {
+                    op: Some(Op::$op(r)),
+                    ..Default::default()
+                }
+            }
+        }
+    )*};
+}
+
+auth_command! {
+    AuthEnableRequest => AuthEnable,
+    AuthDisableRequest => AuthDisable,
+    AuthUserAddRequest => UserAdd,
+    AuthUserDeleteRequest => UserDelete,
+    AuthUserChangePasswordRequest => UserChangePassword,
+    AuthUserGrantRoleRequest => UserGrantRole,
+    AuthUserRevokeRoleRequest => UserRevokeRole,
+    AuthRoleAddRequest => RoleAdd,
+    AuthRoleDeleteRequest => RoleDelete,
+    AuthRoleGrantPermissionRequest => RoleGrantPermission,
+    AuthRoleRevokePermissionRequest => RoleRevokePermission,
 }
 
 /// Encodes commands as a protobuf `bftdkv.CommandBatch` (the same bytes as

@@ -7,6 +7,8 @@ use thiserror::Error;
 /// `google.rpc.Code`; `kv` does not depend on tonic).
 pub mod grpc_code {
     pub const INVALID_ARGUMENT: i32 = 3;
+    pub const PERMISSION_DENIED: i32 = 7;
+    pub const UNAUTHENTICATED: i32 = 16;
     pub const NOT_FOUND: i32 = 5;
     pub const FAILED_PRECONDITION: i32 = 9;
     pub const RESOURCE_EXHAUSTED: i32 = 8;
@@ -104,18 +106,90 @@ pub enum KvError {
     /// Compaction are never refused: compaction frees the space.
     #[error("etcdserver: mvcc: database space exceeded")]
     NoSpace,
+    /// Authenticate while auth is disabled (etcd `ErrGRPCAuthNotEnabled`,
+    /// FailedPrecondition).
+    #[error("etcdserver: authentication is not enabled")]
+    AuthNotEnabled,
+    /// Authenticate with an unknown user or a wrong password (etcd
+    /// `ErrGRPCAuthFailed`, InvalidArgument).
+    #[error("etcdserver: authentication failed, invalid user ID or password")]
+    AuthFailed,
+    /// A request without a user while auth is enabled, or UserAdd with an
+    /// empty name (etcd `ErrGRPCUserEmpty`, InvalidArgument).
+    #[error("etcdserver: user name is empty")]
+    UserEmpty,
+    /// etcd `ErrGRPCUserAlreadyExist`, FailedPrecondition.
+    #[error("etcdserver: user name already exists")]
+    UserAlreadyExist,
+    /// etcd `ErrGRPCUserNotFound`, FailedPrecondition.
+    #[error("etcdserver: user name not found")]
+    UserNotFound,
+    /// etcd `ErrGRPCRoleAlreadyExist`, FailedPrecondition.
+    #[error("etcdserver: role name already exists")]
+    RoleAlreadyExist,
+    /// etcd `ErrGRPCRoleNotFound`, FailedPrecondition.
+    #[error("etcdserver: role name not found")]
+    RoleNotFound,
+    /// etcd `ErrGRPCRoleEmpty`, InvalidArgument.
+    #[error("etcdserver: role name is empty")]
+    RoleEmpty,
+    /// UserRevokeRole of a role the user does not have (etcd
+    /// `ErrGRPCRoleNotGranted`, FailedPrecondition).
+    #[error("etcdserver: role is not granted to the user")]
+    RoleNotGranted,
+    /// RoleRevokePermission of a permission the role does not have (etcd
+    /// `ErrGRPCPermissionNotGranted`, FailedPrecondition).
+    #[error("etcdserver: permission is not granted to the role")]
+    PermissionNotGranted,
+    /// The user lacks the permission the request needs (etcd
+    /// `ErrGRPCPermissionDenied`, PermissionDenied).
+    #[error("etcdserver: permission denied")]
+    PermissionDenied,
+    /// AuthEnable without a root user (etcd `ErrGRPCRootUserNotExist`,
+    /// FailedPrecondition).
+    #[error("etcdserver: root user does not exist")]
+    RootUserNotExist,
+    /// AuthEnable while the root user lacks the root role (etcd
+    /// `ErrGRPCRootRoleNotExist`, FailedPrecondition).
+    #[error("etcdserver: root user does not have root role")]
+    RootRoleNotExist,
+    /// A token this replica did not issue, or one expired (etcd
+    /// `ErrGRPCInvalidAuthToken`, Unauthenticated: clients authenticate
+    /// again).
+    #[error("etcdserver: invalid auth token")]
+    InvalidAuthToken,
+    /// Deleting the root user or role, or revoking root's root role, while
+    /// auth is enabled; or a malformed permission (etcd
+    /// `ErrGRPCInvalidAuthMgmt`, FailedPrecondition).
+    #[error("etcdserver: invalid auth management")]
+    InvalidAuthMgmt,
 }
 
 impl KvError {
     /// The gRPC status code etcd v3.5 returns with this error
     /// (`google.rpc.Code` numbering: 3 InvalidArgument, 5 NotFound,
-    /// 8 ResourceExhausted, 11 OutOfRange, 13 Internal, 14 Unavailable).
+    /// 7 PermissionDenied, 8 ResourceExhausted, 9 FailedPrecondition, 16 Unauthenticated, 11 OutOfRange, 13 Internal, 14 Unavailable).
     pub fn grpc_code(&self) -> i32 {
         match self {
             KvError::Compacted | KvError::FutureRevision | KvError::LeaseTtlTooLarge => {
                 grpc_code::OUT_OF_RANGE
             }
-            KvError::LeaseExists => grpc_code::FAILED_PRECONDITION,
+            KvError::LeaseExists
+            | KvError::AuthNotEnabled
+            | KvError::UserAlreadyExist
+            | KvError::UserNotFound
+            | KvError::RoleAlreadyExist
+            | KvError::RoleNotFound
+            | KvError::RoleNotGranted
+            | KvError::PermissionNotGranted
+            | KvError::RootUserNotExist
+            | KvError::RootRoleNotExist
+            | KvError::InvalidAuthMgmt => grpc_code::FAILED_PRECONDITION,
+            KvError::PermissionDenied => grpc_code::PERMISSION_DENIED,
+            KvError::InvalidAuthToken => grpc_code::UNAUTHENTICATED,
+            KvError::AuthFailed | KvError::UserEmpty | KvError::RoleEmpty => {
+                grpc_code::INVALID_ARGUMENT
+            }
             KvError::LeaseNotFound => grpc_code::NOT_FOUND,
             KvError::EmptyKey
             | KvError::KeyNotFound

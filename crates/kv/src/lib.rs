@@ -22,6 +22,7 @@
 //! give byte-identical responses and digests on every replica.
 
 mod alarm;
+pub mod auth;
 pub mod command;
 pub mod error;
 pub mod lease;

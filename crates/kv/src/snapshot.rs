@@ -1,7 +1,7 @@
 //! The canonical encoding of a [`Store`]'s logical state: snapshots for
 //! checkpoints and state transfer, the state digest, and the HashKV hash.
 //!
-//! Snapshot format, version 2 (big-endian, lengths and counts `u32`):
+//! Snapshot format, version 3 (big-endian, lengths and counts `u32`):
 //!
 //! ```text
 //! magic "bftdkv" | version u8 = 2
@@ -14,10 +14,17 @@
 //! per lease, ascending id (never 0): id i64 | ttl_s i64 | epoch u64
 //!   | voter count u32 | voters u16, ascending
 //! alarm count u32 | per alarm, ascending: member_id u64 | alarm u32
+//! auth enabled u8 | auth revision u64 | user count u32
+//! per user, ascending name: name bytes | password hash bytes
+//!   | no_password u8 | role count u32 | role names bytes, ascending
+//! role count u32 | per role, ascending name: name bytes
+//!   | permission count u32 | per permission, ascending (key, range_end):
+//!   key bytes | range_end bytes | kind u8 (0 read, 1 write, 2 both)
 //! ```
 //!
-//! Version 1 (written before leases and alarms) is the same without the
-//! lease and alarm parts; it still restores, with neither.
+//! Version 2 (written before auth) is the same without the auth part, and
+//! version 1 (before leases and alarms) also without the lease and alarm
+//! parts; both still restore, with what they lack empty.
 //!
 //! The encoding is a function of the logical state alone (no capacities,
 //! no configuration: neither the txn-ops limit nor the space quota), so
@@ -36,7 +43,9 @@ use crate::store::{
 };
 
 const MAGIC: &[u8; 6] = b"bftdkv";
-const VERSION: u8 = 2;
+const VERSION: u8 = 3;
+/// Snapshots written before auth existed.
+const VERSION_NO_AUTH: u8 = 2;
 /// Snapshots written before leases existed.
 const VERSION_NO_LEASES: u8 = 1;
 const KIND_PUT: u8 = 0;
@@ -127,6 +136,116 @@ fn encode_store(store: &Store, out: &mut impl Sink) {
         out.i64(member_id as i64);
         out.u32(alarm as u32);
     }
+    let auth = &*store.auth;
+    out.u8(u8::from(auth.enabled));
+    out.i64(auth.revision as i64);
+    out.count(auth.users.len());
+    for (name, u) in &auth.users {
+        out.bytes(name.as_bytes());
+        out.bytes(u.password_hash.as_bytes());
+        out.u8(u8::from(u.no_password));
+        out.count(u.roles.len());
+        for r in &u.roles {
+            out.bytes(r.as_bytes());
+        }
+    }
+    out.count(auth.roles.len());
+    for (name, perms) in &auth.roles {
+        out.bytes(name.as_bytes());
+        out.count(perms.len());
+        for p in perms {
+            out.bytes(&p.key);
+            out.bytes(&p.range_end);
+            out.u8(p.kind as u8);
+        }
+    }
+}
+
+/// Decodes the auth part of a version-3 snapshot, checking what the store
+/// keeps true: names UTF-8 and ascending, permissions ascending with a
+/// known kind, and auth enabled only with a root user holding the root
+/// role.
+fn decode_auth(r: &mut Reader<'_>) -> Result<crate::auth::AuthStore, DecodeError> {
+    use crate::auth::{AuthStore, PermKind, Permission, User, ROOT_ROLE, ROOT_USER};
+    let bad = DecodeError::Invalid("kv snapshot: auth");
+    let text = |r: &mut Reader<'_>, what| -> Result<String, DecodeError> {
+        String::from_utf8(r.bytes(what, usize::MAX)?.to_vec())
+            .map_err(|_| DecodeError::Invalid("kv snapshot: auth name not UTF-8"))
+    };
+    let mut a = AuthStore {
+        enabled: match r.u8()? {
+            0 => false,
+            1 => true,
+            _ => return Err(bad),
+        },
+        revision: r.u64()?,
+        ..Default::default()
+    };
+    let n = r.count("users", usize::MAX, 4 + 4 + 1 + 4)?;
+    for _ in 0..n {
+        let name = text(r, "user name")?;
+        let password_hash = text(r, "password hash")?;
+        let no_password = match r.u8()? {
+            0 => false,
+            1 => true,
+            _ => return Err(bad),
+        };
+        let k = r.count("user roles", usize::MAX, 4)?;
+        let mut roles = std::collections::BTreeSet::new();
+        for _ in 0..k {
+            let role = text(r, "role name")?;
+            if roles.last().is_some_and(|l: &String| *l >= role) {
+                return Err(bad);
+            }
+            roles.insert(role);
+        }
+        if a.users.last_key_value().is_some_and(|(l, _)| *l >= name) {
+            return Err(bad);
+        }
+        a.users.insert(
+            name,
+            User {
+                password_hash,
+                roles,
+                no_password,
+            },
+        );
+    }
+    let n = r.count("roles", usize::MAX, 4 + 4)?;
+    for _ in 0..n {
+        let name = text(r, "role name")?;
+        let k = r.count("permissions", usize::MAX, 4 + 4 + 1)?;
+        let mut perms: Vec<Permission> = Vec::with_capacity(k);
+        for _ in 0..k {
+            let key = r.bytes("permission key", usize::MAX)?.to_vec();
+            let range_end = r.bytes("permission range end", usize::MAX)?.to_vec();
+            let kind = PermKind::from_i32(i32::from(r.u8()?)).ok_or(bad.clone())?;
+            if perms
+                .last()
+                .is_some_and(|l| (&l.key, &l.range_end) >= (&key, &range_end))
+            {
+                return Err(bad);
+            }
+            perms.push(Permission {
+                key,
+                range_end,
+                kind,
+            });
+        }
+        if a.roles.last_key_value().is_some_and(|(l, _)| *l >= name) {
+            return Err(bad);
+        }
+        a.roles.insert(name, perms);
+    }
+    if a.enabled
+        && !a
+            .users
+            .get(ROOT_USER)
+            .is_some_and(|u| u.roles.contains(ROOT_ROLE))
+    {
+        return Err(bad);
+    }
+    Ok(a)
 }
 
 /// Decodes the alarm part of a version-2 snapshot.
@@ -320,7 +439,7 @@ impl Store {
             return Err(DecodeError::Invalid("kv snapshot magic"));
         }
         let version = r.u8()?;
-        if version != VERSION && version != VERSION_NO_LEASES {
+        if ![VERSION, VERSION_NO_AUTH, VERSION_NO_LEASES].contains(&version) {
             return Err(DecodeError::BadVersion(version));
         }
         let current = i64_field(&mut r)?;
@@ -360,10 +479,13 @@ impl Store {
             }
             keys.insert(key.to_vec(), History { entries });
         }
-        if version == VERSION {
+        if version >= VERSION_NO_AUTH {
             let (epoch, rows) = decode_leases(&mut r)?;
             store.set_lease_rows(epoch, rows);
             store.alarms = decode_alarms(&mut r)?;
+        }
+        if version >= VERSION {
+            store.auth = std::sync::Arc::new(decode_auth(&mut r)?);
         }
         r.finish()?;
         store.keys = keys;

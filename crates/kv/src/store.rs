@@ -187,6 +187,8 @@ pub enum Response {
     /// A replica's expiry vote (bftd's `LeaseExpire`).
     LeaseExpire(crate::pb::bftdkv::LeaseExpireResponse),
     Alarm(crate::pb::etcdserverpb::AlarmResponse),
+    /// An auth store change (a header only).
+    Auth(crate::pb::bftdkv::AuthResponse),
 }
 
 impl Response {
@@ -203,6 +205,7 @@ impl Response {
             Response::LeaseRenew(r) => &mut r.header,
             Response::LeaseExpire(r) => &mut r.header,
             Response::Alarm(r) => &mut r.header,
+            Response::Auth(r) => &mut r.header,
         };
         h.get_or_insert_with(Default::default)
     }
@@ -220,6 +223,7 @@ impl Response {
             Response::LeaseRenew(r) => &r.header,
             Response::LeaseExpire(r) => &r.header,
             Response::Alarm(r) => &r.header,
+            Response::Auth(r) => &r.header,
         };
         h.as_ref().map_or(0, |h| h.revision)
     }
@@ -300,6 +304,9 @@ pub struct Store {
     pub(crate) lease_votes_needed: usize,
     /// Stored alarms: (member id, alarm type) (see `alarm.rs`).
     pub(crate) alarms: std::collections::BTreeSet<(u64, i32)>,
+    /// Users, roles and permissions (see `auth.rs`); shared with readers
+    /// until the next change.
+    pub(crate) auth: std::sync::Arc<crate::auth::AuthStore>,
 }
 
 impl Default for Store {
@@ -334,6 +341,7 @@ impl Store {
             lease_epoch: 0,
             lease_votes_needed: 1,
             alarms: std::collections::BTreeSet::new(),
+            auth: Default::default(),
         }
     }
 
@@ -452,6 +460,7 @@ impl Store {
     /// lease exists) and `LeaseRevoke` (lease not found) in etcd.
     pub fn apply_from(&mut self, origin: Option<u16>, cmd: &Command) -> Result<Response, KvError> {
         self.validate(cmd)?;
+        self.check_auth(cmd)?;
         match cmd.op.as_ref() {
             None => Err(KvError::EmptyCommand),
             Some(Op::Range(r)) => {
@@ -470,6 +479,19 @@ impl Store {
                 Ok(Response::LeaseExpire(self.apply_lease_expire(origin, e)))
             }
             Some(Op::Alarm(a)) => Ok(Response::Alarm(self.apply_alarm(a))),
+            Some(
+                op @ (Op::AuthEnable(_)
+                | Op::AuthDisable(_)
+                | Op::UserAdd(_)
+                | Op::UserDelete(_)
+                | Op::UserChangePassword(_)
+                | Op::UserGrantRole(_)
+                | Op::UserRevokeRole(_)
+                | Op::RoleAdd(_)
+                | Op::RoleDelete(_)
+                | Op::RoleGrantPermission(_)
+                | Op::RoleRevokePermission(_)),
+            ) => self.apply_auth(op).map(Response::Auth),
         }
     }
 

@@ -29,7 +29,18 @@ pub(crate) fn check_command(cmd: &Command, max_txn_ops: usize) -> Result<(), KvE
         | Some(Op::LeaseRevoke(_))
         | Some(Op::LeaseRenew(_))
         | Some(Op::LeaseExpire(_))
-        | Some(Op::Alarm(_)) => Ok(()),
+        | Some(Op::Alarm(_))
+        | Some(Op::AuthEnable(_))
+        | Some(Op::AuthDisable(_))
+        | Some(Op::UserAdd(_))
+        | Some(Op::UserDelete(_))
+        | Some(Op::UserChangePassword(_))
+        | Some(Op::UserGrantRole(_))
+        | Some(Op::UserRevokeRole(_))
+        | Some(Op::RoleAdd(_))
+        | Some(Op::RoleDelete(_))
+        | Some(Op::RoleGrantPermission(_))
+        | Some(Op::RoleRevokePermission(_)) => Ok(()),
     }
 }
 

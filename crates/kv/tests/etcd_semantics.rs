@@ -1393,10 +1393,10 @@ fn restore_rejects_bad_magic_version_trailing_bytes_and_truncation() {
     bad_magic[0] ^= 1;
     assert!(Store::restore(&bad_magic).is_err());
     let mut bad_version = good.clone();
-    bad_version[6] = 3;
+    bad_version[6] = 4;
     assert_eq!(
         Store::restore(&bad_version),
-        Err(kv::DecodeError::BadVersion(3))
+        Err(kv::DecodeError::BadVersion(4))
     );
     let mut trailing = good.clone();
     trailing.push(0);
