@@ -99,6 +99,11 @@ pub trait Backend: Send + Sync + 'static {
     /// Lease `id` in the local store, with its keys when `keys`
     /// (`kv::Store::lease`).
     fn lease(&self, id: i64, keys: bool) -> Option<kv::LeaseInfo>;
+    /// The local store's auth state (`kv::Store::auth`).
+    fn auth(&self) -> std::sync::Arc<kv::auth::AuthStore>;
+    /// `kv::Store::check_auth` on the local store: the checks the store
+    /// will make of `command` for `command.user` when it applies it.
+    fn check_auth(&self, command: &Command) -> Result<(), KvError>;
     /// Whether this replica has a working regency (etcd: a leader). Watch
     /// streams opened with `hasleader=true` fail with "etcdserver: no
     /// leader" while it has not.

@@ -139,16 +139,54 @@ impl<B: Backend> Drop for Claim<B> {
     }
 }
 
+/// A command these services run for a caller they already checked
+/// ([`EtcdApi::check_election`], [`EtcdApi::check_key_write`]): ordered
+/// as the replica's own, so auth is not checked again when applied.
+fn system(c: impl Into<kv::Command>) -> kv::Command {
+    let mut c = c.into();
+    c.system = true;
+    c
+}
+
 impl<B: Backend> EtcdApi<B> {
+    /// Auth for a lock or election named `name`: read on every key under
+    /// `name/` (and write too when `write`), the keys these services read
+    /// and write for the caller. Passes while auth is disabled.
+    fn check_election<T>(&self, req: &Request<T>, name: &[u8], write: bool) -> Result<(), Status> {
+        use kv::auth::Access;
+        let user = self.caller(req)?;
+        let mut prefix = name.to_vec();
+        prefix.push(b'/');
+        let end = prefix_end(&prefix);
+        let auth = self.backend().auth();
+        let mut needs = vec![Access::Read];
+        if write {
+            needs.push(Access::Write);
+        }
+        needs
+            .into_iter()
+            .try_for_each(|a| auth.check_range(&user, a, &prefix, &end))
+            .map_err(|e| crate::grpc::kv_status(&e))
+    }
+
+    /// Auth for deleting or rewriting the ownership key `key`: write on it.
+    fn check_key_write<T>(&self, req: &Request<T>, key: &[u8]) -> Result<(), Status> {
+        let user = self.caller(req)?;
+        self.backend()
+            .auth()
+            .check_range(&user, kv::auth::Access::Write, key, &[])
+            .map_err(|e| crate::grpc::kv_status(&e))
+    }
+
     async fn txn(&self, t: TxnRequest) -> Result<TxnResponse, Status> {
-        match self.run(t.into()).await? {
+        match self.run(system(t)).await? {
             kv::Response::Txn(r) => Ok(r),
             _ => Err(Status::internal("bftd: txn answered with another type")),
         }
     }
 
     async fn range(&self, r: RangeRequest) -> Result<RangeResponse, Status> {
-        match self.run(r.into()).await? {
+        match self.run(system(r)).await? {
             kv::Response::Range(r) => Ok(r),
             _ => Err(Status::internal("bftd: range answered with another type")),
         }
@@ -159,7 +197,7 @@ impl<B: Backend> EtcdApi<B> {
             key,
             ..Default::default()
         };
-        match self.run(d.into()).await? {
+        match self.run(system(d)).await? {
             kv::Response::DeleteRange(r) => Ok(r.header.unwrap_or_default()),
             _ => Err(Status::internal("bftd: delete answered with another type")),
         }
@@ -279,6 +317,7 @@ impl<B: Backend> Lock for EtcdApi<B> {
     /// "etcdserver: requested lease not found" for an unknown lease;
     /// "session: session is expired" when the lease expired while waiting.
     async fn lock(&self, req: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
+        self.check_election(&req, &req.get_ref().name, true)?;
         let req = req.into_inner();
         let mut prefix = req.name.clone();
         prefix.push(b'/');
@@ -324,6 +363,7 @@ impl<B: Backend> Lock for EtcdApi<B> {
         &self,
         req: Request<UnlockRequest>,
     ) -> Result<Response<UnlockResponse>, Status> {
+        self.check_key_write(&req, &req.get_ref().key)?;
         let h = self.delete_key(req.into_inner().key).await?;
         Ok(Response::new(UnlockResponse {
             header: Some(ResponseHeader {
@@ -344,6 +384,7 @@ impl<B: Backend> Election for EtcdApi<B> {
         &self,
         req: Request<CampaignRequest>,
     ) -> Result<Response<CampaignResponse>, Status> {
+        self.check_election(&req, &req.get_ref().name, true)?;
         let req = req.into_inner();
         let mut prefix = req.name.clone();
         prefix.push(b'/');
@@ -390,6 +431,9 @@ impl<B: Backend> Election for EtcdApi<B> {
         &self,
         req: Request<ProclaimRequest>,
     ) -> Result<Response<ProclaimResponse>, Status> {
+        if let Some(l) = &req.get_ref().leader {
+            self.check_key_write(&req, &l.key)?;
+        }
         let req = req.into_inner();
         let l = req
             .leader
@@ -408,6 +452,7 @@ impl<B: Backend> Election for EtcdApi<B> {
         &self,
         req: Request<LeaderRequest>,
     ) -> Result<Response<LeaderResponse>, Status> {
+        self.check_election(&req, &req.get_ref().name, false)?;
         let mut prefix = req.into_inner().name;
         prefix.push(b'/');
         let r = self.range(first_created(&prefix)).await?;
@@ -433,6 +478,7 @@ impl<B: Backend> Election for EtcdApi<B> {
         &self,
         req: Request<LeaderRequest>,
     ) -> Result<Response<Self::ObserveStream>, Status> {
+        self.check_election(&req, &req.get_ref().name, false)?;
         let mut prefix = req.into_inner().name;
         prefix.push(b'/');
         let (tx, rx) = mpsc::channel(OBSERVE_QUEUE_RESPONSES);
@@ -490,6 +536,9 @@ impl<B: Backend> Election for EtcdApi<B> {
         &self,
         req: Request<ResignRequest>,
     ) -> Result<Response<ResignResponse>, Status> {
+        if let Some(l) = &req.get_ref().leader {
+            self.check_key_write(&req, &l.key)?;
+        }
         let l = req
             .into_inner()
             .leader

@@ -94,6 +94,9 @@ pub struct ApiLimits {
     /// How often this replica's lessor looks for leases its clock says
     /// expired (default 500 ms): an expiry vote leaves at most this late.
     pub lease_check_interval: Duration,
+    /// bcrypt cost of the password hashes UserAdd and UserChangePassword
+    /// store (default 10, etcd's `--bcrypt-cost`; 4 to 31).
+    pub bcrypt_cost: u32,
 }
 
 impl Default for ApiLimits {
@@ -113,6 +116,7 @@ impl Default for ApiLimits {
             watches_per_stream_max: 65_536,
             watch_scan_changes_max: 10_000,
             lease_check_interval: Duration::from_millis(500),
+            bcrypt_cost: crate::auth::DEFAULT_BCRYPT_COST,
         }
     }
 }
@@ -127,6 +131,12 @@ impl ApiLimits {
     /// Checks the limits fit together; the error names the field.
     pub fn validate(&self) -> Result<(), String> {
         let message = self.grpc_message_bytes_max() + 5;
+        if !(4..=31).contains(&self.bcrypt_cost) {
+            return Err(format!(
+                "bcrypt_cost {} is outside 4..=31",
+                self.bcrypt_cost
+            ));
+        }
         if self.lease_check_interval.is_zero() {
             return Err("lease_check_interval must be positive".into());
         }
@@ -172,6 +182,7 @@ pub struct EtcdApi<B: Backend> {
     backend: Arc<B>,
     limits: ApiLimits,
     lessor: Arc<crate::lease::Lessor>,
+    tokens: Arc<crate::auth::Tokens>,
 }
 
 impl<B: Backend> Clone for EtcdApi<B> {
@@ -180,6 +191,7 @@ impl<B: Backend> Clone for EtcdApi<B> {
             backend: self.backend.clone(),
             limits: self.limits,
             lessor: self.lessor.clone(),
+            tokens: self.tokens.clone(),
         }
     }
 }
@@ -195,7 +207,13 @@ impl<B: Backend> EtcdApi<B> {
             backend,
             limits,
             lessor: Arc::default(),
+            tokens: Arc::default(),
         }
+    }
+
+    /// The auth tokens this replica issued.
+    pub fn tokens(&self) -> &crate::auth::Tokens {
+        &self.tokens
     }
 
     pub(crate) fn lessor(&self) -> &crate::lease::Lessor {
@@ -275,14 +293,16 @@ fn mismatch() -> Status {
 #[tonic::async_trait]
 impl<B: Backend> Kv for EtcdApi<B> {
     async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
-        match self.run(req.into_inner().into()).await? {
+        let user = self.caller(&req)?;
+        match self.run_as(user, req.into_inner().into()).await? {
             kv::Response::Range(r) => Ok(Response::new(r)),
             _ => Err(mismatch()),
         }
     }
 
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        match self.run(req.into_inner().into()).await? {
+        let user = self.caller(&req)?;
+        match self.run_as(user, req.into_inner().into()).await? {
             kv::Response::Put(r) => Ok(Response::new(r)),
             _ => Err(mismatch()),
         }
@@ -292,14 +312,16 @@ impl<B: Backend> Kv for EtcdApi<B> {
         &self,
         req: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
-        match self.run(req.into_inner().into()).await? {
+        let user = self.caller(&req)?;
+        match self.run_as(user, req.into_inner().into()).await? {
             kv::Response::DeleteRange(r) => Ok(Response::new(r)),
             _ => Err(mismatch()),
         }
     }
 
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
-        match self.run(req.into_inner().into()).await? {
+        let user = self.caller(&req)?;
+        match self.run_as(user, req.into_inner().into()).await? {
             kv::Response::Txn(r) => Ok(Response::new(r)),
             _ => Err(mismatch()),
         }
@@ -309,7 +331,8 @@ impl<B: Backend> Kv for EtcdApi<B> {
         &self,
         req: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
-        match self.run(req.into_inner().into()).await? {
+        let user = self.caller(&req)?;
+        match self.run_as(user, req.into_inner().into()).await? {
             kv::Response::Compaction(r) => Ok(Response::new(r)),
             _ => Err(mismatch()),
         }
@@ -360,9 +383,10 @@ impl<B: Backend> Maintenance for EtcdApi<B> {
     /// itself (deterministically, at every replica). Compaction brings the
     /// size down and clears it; disarming it changes nothing.
     async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+        let user = self.caller(&req)?;
         let req = req.into_inner();
         if req.action != alarm_request::AlarmAction::Get as i32 {
-            return match self.run(req.into()).await? {
+            return match self.run_as(user, req.into()).await? {
                 kv::Response::Alarm(r) => Ok(Response::new(r)),
                 _ => Err(mismatch()),
             };
@@ -413,8 +437,9 @@ impl<B: Backend> Maintenance for EtcdApi<B> {
     /// once with a header, as etcd answers a finished defragmentation.
     async fn defragment(
         &self,
-        _req: Request<DefragmentRequest>,
+        req: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
+        self.check_admin(&req)?;
         let (rev, _) = self.backend.store_size();
         Ok(Response::new(DefragmentResponse {
             header: Some(self.header(rev)),
@@ -430,8 +455,9 @@ impl<B: Backend> Maintenance for EtcdApi<B> {
     /// `SNAPSHOTS_IN_FLIGHT_MAX` at once ("too many requests" beyond).
     async fn snapshot(
         &self,
-        _req: Request<SnapshotRequest>,
+        req: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
+        self.check_admin(&req)?;
         let slot = crate::snapshot::SNAPSHOT_SLOTS
             .take()
             .ok_or_else(|| Status::resource_exhausted(ERR_TOO_MANY_REQUESTS))?;
@@ -448,7 +474,8 @@ impl<B: Backend> Maintenance for EtcdApi<B> {
         )))
     }
 
-    async fn hash(&self, _req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+    async fn hash(&self, req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        self.check_admin(&req)?;
         let (rev, _) = self.backend.store_size();
         Ok(Response::new(HashResponse {
             header: Some(self.header(rev)),
@@ -460,6 +487,7 @@ impl<B: Backend> Maintenance for EtcdApi<B> {
         &self,
         req: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
+        self.check_admin(&req)?;
         let (hash, compact_revision) = self
             .backend
             .hash_kv(req.into_inner().revision)
@@ -583,6 +611,12 @@ pub(crate) mod tests {
         }
         fn alarms(&self) -> Vec<AlarmMember> {
             self.store.lock().unwrap().alarms()
+        }
+        fn auth(&self) -> Arc<kv::auth::AuthStore> {
+            self.store.lock().unwrap().auth()
+        }
+        fn check_auth(&self, command: &Command) -> Result<(), KvError> {
+            self.store.lock().unwrap().check_auth(command)
         }
         fn lease(&self, id: i64, keys: bool) -> Option<kv::LeaseInfo> {
             self.store.lock().unwrap().lease(id, keys)

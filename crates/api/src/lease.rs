@@ -198,7 +198,8 @@ impl<B: Backend> Lease for EtcdApi<B> {
         &self,
         req: Request<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
-        match self.run(req.into_inner().into()).await? {
+        let user = self.caller(&req)?;
+        match self.run_as(user, req.into_inner().into()).await? {
             kv::Response::LeaseGrant(r) => Ok(Response::new(r)),
             _ => Err(Status::internal("bftd: grant answered with another type")),
         }
@@ -210,7 +211,8 @@ impl<B: Backend> Lease for EtcdApi<B> {
         &self,
         req: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
-        match self.run(req.into_inner().into()).await? {
+        let user = self.caller(&req)?;
+        match self.run_as(user, req.into_inner().into()).await? {
             kv::Response::LeaseRevoke(r) => Ok(Response::new(r)),
             _ => Err(Status::internal("bftd: revoke answered with another type")),
         }
@@ -227,6 +229,7 @@ impl<B: Backend> Lease for EtcdApi<B> {
         &self,
         req: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        self.check_user(&req)?;
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(STREAM_QUEUE_RESPONSES);
         let api = self.clone();
@@ -283,9 +286,18 @@ impl<B: Backend> Lease for EtcdApi<B> {
         &self,
         req: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        let user = self.check_user(&req)?;
         let req = req.into_inner();
         let rev = self.backend().store_size().0;
-        let resp = match self.backend().lease(req.id, req.keys) {
+        let lease = self.backend().lease(req.id, req.keys);
+        // The keys are shown only to a user who may read each (etcd 3.5's
+        // checkLeaseTimeToLive).
+        let auth = self.backend().auth();
+        for k in lease.iter().flat_map(|l| &l.keys) {
+            auth.check_range(&user, kv::auth::Access::Read, k, &[])
+                .map_err(|e| crate::grpc::kv_status(&e))?;
+        }
+        let resp = match lease {
             None => LeaseTimeToLiveResponse {
                 header: Some(self.header(rev)),
                 id: req.id,
@@ -309,8 +321,9 @@ impl<B: Backend> Lease for EtcdApi<B> {
     /// etcd's LeaseLeases: every lease granted, from this replica.
     async fn lease_leases(
         &self,
-        _req: Request<LeaseLeasesRequest>,
+        req: Request<LeaseLeasesRequest>,
     ) -> Result<Response<LeaseLeasesResponse>, Status> {
+        self.check_user(&req)?;
         let rev = self.backend().store_size().0;
         Ok(Response::new(LeaseLeasesResponse {
             header: Some(self.header(rev)),

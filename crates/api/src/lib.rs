@@ -11,11 +11,14 @@
 //! - [`http`]: `/status` (JSON), `/metrics` (Prometheus text), `/healthz`.
 //! - [`health`]: the gRPC health service (`grpc.health.v1.Health`).
 //! - [`snapshot`]: Maintenance.Snapshot's stream and file format.
+//! - [`auth`]: the Auth service (users, roles, permissions as replicated
+//!   state; simple tokens) and the auth checks of the other services.
 //! - [`backend::Backend`]: what the API needs from a replica.
 //!
 //! Runs on a small tokio runtime; it never blocks the control thread, and it
 //! hands operations over through the replica's bounded queue.
 
+pub mod auth;
 pub mod backend;
 pub mod client_port;
 pub mod concurrency;
@@ -84,6 +87,10 @@ pub async fn serve_grpc<B: Backend>(
         )
         .add_service(
             concurrency::v3electionpb::election_server::ElectionServer::new(api.clone())
+                .max_decoding_message_size(msg_max),
+        )
+        .add_service(
+            etcdserverpb::auth_server::AuthServer::new(api.clone())
                 .max_decoding_message_size(msg_max),
         )
         .add_service(ClusterServer::new(api).max_decoding_message_size(msg_max))

@@ -114,8 +114,10 @@ impl<B: Backend> Watch for EtcdApi<B> {
         if require_leader && !self.backend().has_leader() {
             return Err(Status::unavailable(ERR_NO_LEADER));
         }
+        let user = self.caller(&req)?;
         let (tx, rx) = mpsc::channel(STREAM_QUEUE_RESPONSES);
         let session = Session {
+            user,
             api: self.clone(),
             watchers: BTreeMap::new(),
             next_id: 0,
@@ -147,6 +149,9 @@ struct Watcher {
 
 /// The state of one Watch stream.
 struct Session<B: Backend> {
+    /// The caller, resolved when the stream opened (as etcd does): every
+    /// create needs read permission on its range.
+    user: String,
     api: EtcdApi<B>,
     watchers: BTreeMap<i64, Watcher>,
     /// Lowest ID a server-assigned watch may get (etcd: `nextID`).
@@ -283,6 +288,15 @@ impl<B: Backend> Session<B> {
         let range_end = c.range_end;
         if !range_end.is_empty() && range_end != [0] && key >= range_end {
             return refuse(ERR_EMPTY_WATCHER_RANGE.into());
+        }
+        if let Err(e) = self.api.backend().auth().check_range(
+            &self.user,
+            kv::auth::Access::Read,
+            &key,
+            &range_end,
+        ) {
+            // etcd: created and canceled with the error as the reason.
+            return refuse(e.to_string());
         }
         if self.watchers.len() >= self.limits().watches_per_stream_max {
             return refuse(format!(

@@ -158,6 +158,9 @@ mod defaults {
     pub fn lease_check_interval_ms() -> u64 {
         500
     }
+    pub fn bcrypt_cost() -> u32 {
+        api::auth::DEFAULT_BCRYPT_COST
+    }
     pub fn auto_compaction_mode() -> String {
         "periodic".into()
     }
@@ -282,6 +285,10 @@ pub struct Api {
     /// a vote leaves at most this late).
     #[serde(default = "defaults::lease_check_interval_ms")]
     pub lease_check_interval_ms: u64,
+    /// bcrypt cost of stored password hashes (etcd's `--bcrypt-cost`,
+    /// default 10, 4 to 31). Each Authenticate costs 2^cost rounds.
+    #[serde(default = "defaults::bcrypt_cost")]
+    pub bcrypt_cost: u32,
     /// etcd's `--auto-compaction-mode`: "periodic" or "revision" (see
     /// [`crate::compactor`]).
     #[serde(default = "defaults::auto_compaction_mode")]

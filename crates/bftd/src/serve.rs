@@ -55,6 +55,7 @@ pub fn run(
         watches_per_stream_max: a.watches_per_stream_max,
         watch_scan_changes_max: a.watch_scan_changes_max,
         lease_check_interval: Duration::from_millis(a.lease_check_interval_ms),
+        bcrypt_cost: a.bcrypt_cost,
         ..api::ApiLimits::default()
     };
     limits.client_connections_max =

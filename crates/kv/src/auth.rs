@@ -484,9 +484,9 @@ impl AuthStore {
                     range_end: perm.range_end.clone(),
                     kind,
                 };
-                match perms.binary_search_by(|p| {
-                    (&p.key, &p.range_end).cmp(&(&new.key, &new.range_end))
-                }) {
+                match perms
+                    .binary_search_by(|p| (&p.key, &p.range_end).cmp(&(&new.key, &new.range_end)))
+                {
                     Ok(i) => perms[i].kind = kind,
                     Err(i) => perms.insert(i, new),
                 }
@@ -562,10 +562,7 @@ mod tests {
             Err(KvError::PermissionDenied)
         );
         let from_key = store_with(vec![perm(PermKind::Read, "m", "\0")]);
-        assert_eq!(
-            from_key.check_range("u", Access::Read, b"z", b"\0"),
-            Ok(())
-        );
+        assert_eq!(from_key.check_range("u", Access::Read, b"z", b"\0"), Ok(()));
         assert_eq!(
             from_key.check_range("u", Access::Read, b"a", b"\0"),
             Err(KvError::PermissionDenied)
@@ -657,7 +654,10 @@ mod tests {
                 role: r.into(),
             })
         };
-        assert_eq!(ch(&mut a, grant("root", "nope")), Err(KvError::RoleNotFound));
+        assert_eq!(
+            ch(&mut a, grant("root", "nope")),
+            Err(KvError::RoleNotFound)
+        );
         assert_eq!(ch(&mut a, grant("root", "root")), Ok(true));
         assert_eq!(ch(&mut a, Op::AuthEnable(AuthEnableRequest {})), Ok(true));
         assert_eq!(ch(&mut a, Op::AuthEnable(AuthEnableRequest {})), Ok(false));
@@ -696,7 +696,10 @@ mod tests {
         };
         assert_eq!(ch(&mut a, grant_perm("k", 0)), Ok(true));
         assert_eq!(ch(&mut a, grant_perm("k", 2)), Ok(true), "replaces");
-        assert_eq!(ch(&mut a, grant_perm("k", 9)), Err(KvError::InvalidAuthMgmt));
+        assert_eq!(
+            ch(&mut a, grant_perm("k", 9)),
+            Err(KvError::InvalidAuthMgmt)
+        );
         assert_eq!(a.roles["r"], vec![perm(PermKind::ReadWrite, "k", "")]);
         assert_eq!(ch(&mut a, add("u")), Ok(true));
         assert_eq!(ch(&mut a, grant("u", "r")), Ok(true));
@@ -724,7 +727,11 @@ mod tests {
         s.apply_auth(&add("root")).unwrap();
         assert_eq!(s.auth().revision(), before + 1);
         assert_eq!(s.apply_auth(&add("root")), Err(KvError::UserAlreadyExist));
-        assert_eq!(s.auth().revision(), before + 1, "a refused change bumps nothing");
+        assert_eq!(
+            s.auth().revision(),
+            before + 1,
+            "a refused change bumps nothing"
+        );
     }
 }
 

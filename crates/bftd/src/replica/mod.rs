@@ -496,6 +496,12 @@ impl api::Backend for ReplicaBackend {
     fn alarms(&self) -> Vec<kv::pb::etcdserverpb::AlarmMember> {
         self.store.read().alarms()
     }
+    fn auth(&self) -> std::sync::Arc<kv::auth::AuthStore> {
+        self.store.read().auth()
+    }
+    fn check_auth(&self, command: &kv::Command) -> Result<(), kv::KvError> {
+        self.store.read().check_auth(command)
+    }
     fn lease(&self, id: i64, keys: bool) -> Option<kv::LeaseInfo> {
         self.store.read().lease(id, keys)
     }
