@@ -264,11 +264,14 @@ fn is_leader<B: api::Backend>(backend: &B) -> bool {
 /// to or past it ("required revision has been compacted": harmless, as in
 /// etcd).
 async fn compact<B: api::Backend>(backend: &B, revision: i64) -> bool {
-    let cmd = CompactionRequest {
+    let mut cmd: kv::Command = CompactionRequest {
         revision,
         physical: false,
     }
     .into();
+    // The replica's own command: auth does not apply (etcd's compactor
+    // runs as root).
+    cmd.system = true;
     let rx = match backend.submit(cmd) {
         Ok(rx) => rx,
         Err(e) => {

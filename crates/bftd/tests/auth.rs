@@ -166,3 +166,38 @@ fn a_user_limited_to_a_prefix_reads_and_writes_only_there_once_auth_is_enabled()
         "s3"
     );
 }
+
+/// Auto-compaction is the replica's own command, not a client's: it must
+/// keep working once auth is enabled (it ran as nobody and was refused
+/// with "user name is empty" before the compactor marked it as a system
+/// command).
+#[test]
+fn auto_compaction_keeps_compacting_while_auth_is_enabled() {
+    let c = Cluster::start_configured("auth-autocompact", Opts::new(4), |cfg| {
+        cfg.api.auto_compaction_mode = "revision".into();
+        cfg.api.auto_compaction_retention = "5".into();
+        cfg.api.auto_compaction_revision_interval_ms = 200;
+    });
+    let ep = c.endpoints();
+    ok(&ep[0], None, &["user", "add", "root:rootpw"]);
+    ok(&ep[0], None, &["auth", "enable"]);
+    for i in 0..20 {
+        ok(&ep[i % 4], ROOT, &["put", "k", &format!("v{i}")]);
+    }
+    // 20 puts after revision 1: compacted to at least 21 - 5 = 16, so
+    // revision 15 is gone at every replica.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    for e in &ep {
+        loop {
+            let (_, out) = as_user(e, ROOT, &["get", "k", "--rev=15"]);
+            if out.contains("required revision has been compacted") {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "revision 15 never compacted at {e}: {out}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
