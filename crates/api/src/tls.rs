@@ -92,7 +92,8 @@ pub enum TlsError {
 pub struct ServerTls {
     files: TlsFiles,
     alpn: Vec<Vec<u8>>,
-    current: RwLock<Arc<ServerConfig>>,
+    /// The config in force and its leaf certificate's serial (hex).
+    current: RwLock<(Arc<ServerConfig>, String)>,
 }
 
 impl std::fmt::Debug for ServerTls {
@@ -112,11 +113,11 @@ impl ServerTls {
     /// does not match the certificate, `client_cert_auth` without a CA.
     pub fn load(files: TlsFiles, alpn: &[&[u8]]) -> Result<Arc<Self>, TlsError> {
         let alpn: Vec<Vec<u8>> = alpn.iter().map(|p| p.to_vec()).collect();
-        let config = build(&files, &alpn)?;
+        let (config, serial) = build(&files, &alpn)?;
         Ok(Arc::new(Self {
             files,
             alpn,
-            current: RwLock::new(Arc::new(config)),
+            current: RwLock::new((Arc::new(config), serial)),
         }))
     }
 
@@ -127,7 +128,12 @@ impl ServerTls {
 
     /// The config new connections get now.
     pub fn config(&self) -> Arc<ServerConfig> {
-        self.current.read().expect("tls config lock").clone()
+        self.current.read().expect("tls config lock").0.clone()
+    }
+
+    /// The serial number of the certificate in force, hex (for logs).
+    pub fn serial_hex(&self) -> String {
+        self.current.read().expect("tls config lock").1.clone()
     }
 
     /// Reads the files again; new connections get the new config, open
@@ -136,8 +142,8 @@ impl ServerTls {
     /// # Errors
     /// As [`ServerTls::load`]; the config in force is then left as it was.
     pub fn reload(&self) -> Result<(), TlsError> {
-        let config = build(&self.files, &self.alpn)?;
-        *self.current.write().expect("tls config lock") = Arc::new(config);
+        let (config, serial) = build(&self.files, &self.alpn)?;
+        *self.current.write().expect("tls config lock") = (Arc::new(config), serial);
         Ok(())
     }
 }
@@ -182,8 +188,10 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn build(files: &TlsFiles, alpn: &[Vec<u8>]) -> Result<ServerConfig, TlsError> {
+/// The server config of `files` and its leaf certificate's serial.
+fn build(files: &TlsFiles, alpn: &[Vec<u8>]) -> Result<(ServerConfig, String), TlsError> {
     let certs = read_certs("cert_file", &files.cert_file)?;
+    let serial = serial_hex(&certs[0]).unwrap_or_default();
     let key_pem = read("key_file", &files.key_file)?;
     let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError::Pem {
         what: "key_file",
@@ -229,7 +237,7 @@ fn build(files: &TlsFiles, alpn: &[Vec<u8>]) -> Result<ServerConfig, TlsError> {
         },
     })?;
     config.alpn_protocols = alpn.to_vec();
-    Ok(config)
+    Ok((config, serial))
 }
 
 /// The first subject Common Name of a DER certificate, if it has one that
@@ -365,6 +373,8 @@ pub(crate) mod tests {
         };
         let tls = ServerTls::load(files, ALPN_STATUS_PORT).unwrap();
         let before = tls.config();
+        let serial = tls.serial_hex();
+        assert!(!serial.is_empty());
         assert_eq!(before.alpn_protocols, vec![b"http/1.1".to_vec()]);
         pki.write("cert.pem", "garbage");
         assert!(tls.reload().is_err());
@@ -374,6 +384,7 @@ pub(crate) mod tests {
         pki.write("key.pem", &key2);
         tls.reload().unwrap();
         assert!(!Arc::ptr_eq(&before, &tls.config()), "new config in force");
+        assert_ne!(serial, tls.serial_hex());
     }
 
     #[test]
