@@ -30,6 +30,8 @@ const STATUS_BYTES_MAX: u64 = 64 * 1024;
 const CLIENT_PORT_OFFSET: u16 = 0;
 const REPLICA_PORT_OFFSET: u16 = 10_000;
 const HTTP_PORT_OFFSET: u16 = 20_000;
+/// With `tls`: the plaintext client listener beside TLS.
+const PLAIN_PORT_OFFSET: u16 = 5_000;
 
 #[derive(Clone, Debug)]
 pub struct BftdClusterConfig {
@@ -44,12 +46,19 @@ pub struct BftdClusterConfig {
     pub log_prefix: String,
     /// Empty: loopback. Otherwise one host (network namespace) per replica.
     pub hosts: Vec<NetHost>,
+    /// `bftd init --tls` (mutual TLS on the client ports, certificates in
+    /// `<dir>/tls`) plus a plaintext listener beside it at
+    /// `base_port + 5000 + i` (loopback only).
+    pub tls: bool,
 }
 
 pub struct BftdReplica {
     pub id: u16,
-    /// host:port of the etcd API.
+    /// host:port of the etcd API, plaintext (with `tls`, the plaintext
+    /// listener beside TLS).
     pub client_endpoint: String,
+    /// With `tls`: `https://host:port` of the TLS client port.
+    pub tls_endpoint: Option<String>,
     /// host:port of the consensus (replica-to-replica) listener.
     pub replica_addr: String,
     pub http_addr: String,
@@ -86,6 +95,10 @@ impl BftdCluster {
             "bftd needs at least 4 replicas (n = 3f+1, f >= 1)"
         );
         anyhow::ensure!(
+            !config.tls || config.hosts.is_empty(),
+            "the TLS cluster runs on loopback"
+        );
+        anyhow::ensure!(
             config.hosts.is_empty() || config.hosts.len() == usize::from(config.replicas),
             "{} hosts for {} replicas",
             config.hosts.len(),
@@ -111,9 +124,18 @@ impl BftdCluster {
                     None => format!("127.0.0.1:{port}"),
                 }
             };
+            let (client_endpoint, tls_endpoint) = if config.tls {
+                (
+                    addr(PLAIN_PORT_OFFSET),
+                    Some(format!("https://{}", addr(CLIENT_PORT_OFFSET))),
+                )
+            } else {
+                (addr(CLIENT_PORT_OFFSET), None)
+            };
             let replica = BftdReplica {
                 id,
-                client_endpoint: addr(CLIENT_PORT_OFFSET),
+                client_endpoint,
+                tls_endpoint,
                 replica_addr: addr(REPLICA_PORT_OFFSET),
                 http_addr: addr(HTTP_PORT_OFFSET),
                 log_path: config
@@ -169,6 +191,14 @@ impl BftdCluster {
         self.replicas
             .iter()
             .map(|r| r.client_endpoint.clone())
+            .collect()
+    }
+
+    /// `https://host:port` of every TLS client port (empty without `tls`).
+    pub fn tls_endpoints(&self) -> Vec<String> {
+        self.replicas
+            .iter()
+            .filter_map(|r| r.tls_endpoint.clone())
             .collect()
     }
 
@@ -285,6 +315,7 @@ fn init_config(config: &BftdClusterConfig) -> Result<PathBuf> {
         .arg(config.base_port.to_string())
         .arg("--durability")
         .arg(&config.durability)
+        .args(config.tls.then_some("--tls"))
         .output()
         .with_context(|| format!("run {} init", config.bftd_bin.display()))?;
     anyhow::ensure!(
@@ -295,8 +326,12 @@ fn init_config(config: &BftdClusterConfig) -> Result<PathBuf> {
     let path = config.dir.join("bftd.toml");
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
-    let edited = edit_config(&text, config.base_port, &config.hosts)
+    let mut edited = edit_config(&text, config.base_port, &config.hosts)
         .with_context(|| format!("edit {}", path.display()))?;
+    if config.tls {
+        edited = add_plain_listeners(&edited, config.base_port)
+            .with_context(|| format!("edit {}", path.display()))?;
+    }
     std::fs::write(&path, edited).with_context(|| format!("write {}", path.display()))?;
     Ok(path)
 }
@@ -331,6 +366,22 @@ fn edit_config(text: &str, base_port: u16, hosts: &[NetHost]) -> Result<String> 
                 table.insert(field.into(), toml::Value::String(addr));
             }
         }
+    }
+    toml::to_string_pretty(&doc).context("serialize")
+}
+
+/// Gives each `[[replica]]` a plaintext `client_plain_addr` at
+/// `127.0.0.1:base + 5000 + id` beside its TLS `client_addr`.
+fn add_plain_listeners(text: &str, base_port: u16) -> Result<String> {
+    let mut doc: toml::Table = toml::from_str(text).context("parse")?;
+    let replicas = doc
+        .get_mut("replica")
+        .and_then(toml::Value::as_array_mut)
+        .context("no [[replica]] tables")?;
+    for (id, table) in replicas.iter_mut().enumerate() {
+        let table = table.as_table_mut().context("[[replica]] is not a table")?;
+        let addr = format!("127.0.0.1:{}", base_port + PLAIN_PORT_OFFSET + id as u16);
+        table.insert("client_plain_addr".into(), toml::Value::String(addr));
     }
     toml::to_string_pretty(&doc).context("serialize")
 }

@@ -32,12 +32,26 @@ pub struct EtcdClusterConfig {
     /// network namespace of `hosts[i]` and listens on its IP, on `base_port`
     /// (clients) and `base_port + 1` (peers).
     pub hosts: Vec<NetHost>,
+    /// Mutual TLS beside plaintext (loopback only): member i also serves
+    /// clients over TLS on `base_port + 2 * members + i`.
+    pub tls: Option<EtcdTls>,
+}
+
+/// etcd's `--cert-file`, `--key-file`, `--trusted-ca-file`; with them,
+/// `--client-cert-auth` is on.
+#[derive(Clone, Debug)]
+pub struct EtcdTls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub trusted_ca_file: PathBuf,
 }
 
 pub struct EtcdMember {
     pub name: String,
     /// host:port, as the load generator takes it.
     pub client_endpoint: String,
+    /// host:port of the TLS client listener, with `tls`.
+    pub tls_endpoint: Option<String>,
     pub peer_url: String,
     pub data_dir: PathBuf,
     pub log_path: PathBuf,
@@ -72,6 +86,10 @@ impl EtcdCluster {
             config.base_port
         );
         anyhow::ensure!(
+            config.tls.is_none() || config.hosts.is_empty(),
+            "etcd TLS listeners are for loopback clusters"
+        );
+        anyhow::ensure!(
             config.hosts.is_empty() || config.hosts.len() == config.members,
             "{} hosts for {} etcd members",
             config.hosts.len(),
@@ -83,6 +101,9 @@ impl EtcdCluster {
         for member in members.iter().filter(|m| m.netns.is_none()) {
             ensure_port_free(&member.client_endpoint)?;
             ensure_port_free(member.peer_url.trim_start_matches("http://"))?;
+            if let Some(e) = &member.tls_endpoint {
+                ensure_port_free(e)?;
+            }
         }
         let initial_cluster = members
             .iter()
@@ -127,6 +148,16 @@ impl EtcdCluster {
         self.members
             .iter()
             .map(|m| m.client_endpoint.clone())
+            .collect()
+    }
+
+    /// `https://host:port` of each member's TLS listener (empty without
+    /// `tls`).
+    pub fn tls_endpoints(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .filter_map(|m| m.tls_endpoint.as_ref())
+            .map(|e| format!("https://{e}"))
             .collect()
     }
 
@@ -218,8 +249,21 @@ impl EtcdCluster {
 
     fn spawn_member(&mut self, index: usize, cluster_state: &str) -> Result<()> {
         let member = &self.members[index];
-        let client_url = format!("http://{}", member.client_endpoint);
+        let mut client_url = format!("http://{}", member.client_endpoint);
+        if let Some(e) = &member.tls_endpoint {
+            client_url = format!("{client_url},https://{e}");
+        }
         let mut command = netns::command_in(member.netns.as_deref(), &self.config.etcd_bin);
+        if let Some(tls) = &self.config.tls {
+            command
+                .arg("--cert-file")
+                .arg(&tls.cert_file)
+                .arg("--key-file")
+                .arg(&tls.key_file)
+                .arg("--trusted-ca-file")
+                .arg(&tls.trusted_ca_file)
+                .arg("--client-cert-auth");
+        }
         command
             .arg("--name")
             .arg(&member.name)
@@ -274,8 +318,10 @@ fn member_layout(config: &EtcdClusterConfig, index: usize) -> EtcdMember {
             None,
         ),
     };
+    let tls_port = config.base_port + 2 * config.members as u16 + index as u16;
     EtcdMember {
         client_endpoint: format!("{ip}:{client_port}"),
+        tls_endpoint: config.tls.as_ref().map(|_| format!("{ip}:{tls_port}")),
         peer_url: format!("http://{ip}:{}", client_port + 1),
         data_dir: config.data_root.join(&name),
         log_path: config.log_dir.join(format!("{name}.log")),

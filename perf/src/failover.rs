@@ -187,6 +187,7 @@ impl Cluster {
                     log_dir: run_log_dir,
                     cluster_token: format!("bftd-perf-failover-{}-{run}", std::process::id()),
                     hosts: Vec::new(),
+                    tls: None,
                 })?)
             }
             System::Bftd => Cluster::Bftd(BftdCluster::start(&BftdClusterConfig {
@@ -198,6 +199,7 @@ impl Cluster {
                 log_dir: log_dir.to_path_buf(),
                 log_prefix: format!("bftd-run{run}"),
                 hosts: Vec::new(),
+                tls: false,
             })?),
         })
     }
@@ -337,6 +339,7 @@ fn one_run(
         ops_max: 1,
         op_timeout: config.op_timeout,
         connect_timeout: Duration::from_secs(5),
+        tls: None,
     };
     let (writer_clients, probe_clients) = runtime.block_on(async {
         let mut writers = Vec::new();
@@ -572,6 +575,7 @@ async fn read_keys(endpoint: &str, prefix: &str) -> Result<Vec<String>> {
         ops_max: 1,
         op_timeout: Duration::from_secs(5),
         connect_timeout: Duration::from_secs(5),
+        tls: None,
     };
     let mut last_error = anyhow::anyhow!("no attempt");
     while Instant::now() < deadline {

@@ -328,6 +328,7 @@ impl Cluster {
                     hosts: (1..=3)
                         .map(|i| topology.host(&format!("e{i}")).clone())
                         .collect(),
+                    tls: None,
                 })?)
             }
             System::Bftd => Cluster::Bftd(BftdCluster::start(&BftdClusterConfig {
@@ -341,6 +342,7 @@ impl Cluster {
                 hosts: (0..4)
                     .map(|i| topology.host(&format!("r{i}")).clone())
                     .collect(),
+                tls: false,
             })?),
         })
     }
@@ -563,6 +565,7 @@ fn run_step(
         ops_max: u64::MAX / 2,
         op_timeout: config.op_timeout,
         connect_timeout: Duration::from_secs(5),
+        tls: None,
     };
     let load_task = runtime.spawn(async move { loadgen::run(&load).await });
     std::thread::sleep(config.warmup);

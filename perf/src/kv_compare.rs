@@ -133,6 +133,7 @@ fn run_etcd(
         log_dir: log_dir.to_path_buf(),
         cluster_token: format!("bftd-perf-{}", std::process::id()),
         hosts: Vec::new(),
+        tls: None,
     })?;
     println!(
         "etcd: {} members at {}",

@@ -13,4 +13,5 @@ pub mod netns;
 pub mod plot;
 pub mod procs;
 pub mod report;
+pub mod tls_compare;
 pub mod watch_bench;

@@ -82,6 +82,44 @@ pub struct LoadgenConfig {
     /// Per-operation timeout; a timed-out operation counts as an error.
     pub op_timeout: Duration,
     pub connect_timeout: Duration,
+    /// Mutual TLS: the CA to trust and the client certificate to present
+    /// (endpoints then start with `https://`); `None` = plaintext.
+    pub tls: Option<ClientTls>,
+}
+
+/// A client's TLS files, PEM text.
+#[derive(Clone, Debug)]
+pub struct ClientTls {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl ClientTls {
+    /// Reads the CA, certificate and key PEM files.
+    pub fn read(
+        ca: &std::path::Path,
+        cert: &std::path::Path,
+        key: &std::path::Path,
+    ) -> Result<Self> {
+        let read = |p: &std::path::Path| {
+            std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()))
+        };
+        Ok(Self {
+            ca_pem: read(ca)?,
+            cert_pem: read(cert)?,
+            key_pem: read(key)?,
+        })
+    }
+
+    fn options(&self) -> etcd_client::TlsOptions {
+        etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(&self.ca_pem))
+            .identity(etcd_client::Identity::from_pem(
+                &self.cert_pem,
+                &self.key_pem,
+            ))
+    }
 }
 
 impl LoadgenConfig {
@@ -366,9 +404,12 @@ async fn prefill(clients: &mut [Client], shared: &Shared) -> Result<()> {
 
 /// Connects one client to one endpoint.
 pub async fn connect(endpoint: &str, config: &LoadgenConfig) -> Result<Client> {
-    let options = ConnectOptions::new()
+    let mut options = ConnectOptions::new()
         .with_connect_timeout(config.connect_timeout)
         .with_timeout(config.op_timeout);
+    if let Some(tls) = &config.tls {
+        options = options.with_tls(tls.options());
+    }
     tokio::time::timeout(
         config.connect_timeout,
         Client::connect([endpoint], Some(options)),

@@ -13,6 +13,7 @@ use perf::flooder::{self, FloodKind};
 use perf::kv_compare::{self, KvCompareConfig, System};
 use perf::loadgen::{self, KeyShape, LoadgenConfig, Op};
 use perf::procs;
+use perf::tls_compare::{self, TlsCompareConfig};
 use perf::watch_bench::{self, WatchBenchConfig};
 
 #[derive(Parser, Debug)]
@@ -33,6 +34,10 @@ enum Command {
     /// Start a loopback etcd cluster and the bftd demo cluster in turn and
     /// measure both with the same load generator.
     KvCompare(KvCompareArgs),
+    /// Put latency over mutual TLS beside plaintext, bftd and etcd (with
+    /// --cert-file/--key-file/--trusted-ca-file/--client-cert-auth), both
+    /// clusters up at once, runs interleaved.
+    TlsCompare(TlsCompareArgs),
     /// Watch side by side: put -> event latency at a watcher on another
     /// member/replica, and many watchers on one (RSS, events/s fan-out).
     Watch(WatchArgs),
@@ -135,6 +140,42 @@ struct KvCompareArgs {
     #[arg(long, default_value_t = 10379)]
     bftd_base_port: u16,
     /// Bound on the wait for a cluster to accept puts on every endpoint.
+    #[arg(long, default_value_t = 60)]
+    ready_timeout_s: u64,
+}
+
+#[derive(Args, Debug)]
+struct TlsCompareArgs {
+    /// Comma-separated client counts.
+    #[arg(long, value_delimiter = ',', default_value = "1,32")]
+    clients: Vec<u32>,
+    /// Repetitions of the interleaved sequence (medians are reported).
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
+    #[command(flatten)]
+    workload: WorkloadArgs,
+    #[arg(long, default_value = "target/release/bftd")]
+    bftd_bin: PathBuf,
+    #[arg(long, default_value = "/usr/bin/etcd")]
+    etcd_bin: PathBuf,
+    /// bftd's durability (etcd 3.4 always fsyncs).
+    #[arg(long, value_enum, default_value = "fsync")]
+    durability: Durability,
+    /// Results, logs and (temporary) data dirs go here.
+    #[arg(long, default_value = "perf/out")]
+    out: PathBuf,
+    #[arg(long, default_value_t = 3)]
+    etcd_members: usize,
+    /// Member i listens on base+2i (clients) and base+2i+1 (peers), and
+    /// with TLS on base+2*members+i.
+    #[arg(long, default_value_t = 32379)]
+    etcd_base_port: u16,
+    #[arg(long, default_value_t = 4)]
+    bftd_replicas: u16,
+    /// Replica i serves TLS on base+i, plaintext on base+5000+i (consensus
+    /// base+10000+i, HTTP base+20000+i).
+    #[arg(long, default_value_t = 10379)]
+    bftd_base_port: u16,
     #[arg(long, default_value_t = 60)]
     ready_timeout_s: u64,
 }
@@ -327,6 +368,7 @@ impl WorkloadArgs {
             ops_max: self.ops_max,
             op_timeout: Duration::from_millis(self.op_timeout_ms),
             connect_timeout: Duration::from_secs(5),
+            tls: None,
         })
     }
 }
@@ -400,6 +442,23 @@ fn run(cli: Cli) -> Result<()> {
                 out_dir: args.out,
             };
             kv_compare::run(&runtime, &config)?;
+        }
+        Command::TlsCompare(args) => {
+            let config = TlsCompareConfig {
+                client_counts: args.clients,
+                rounds: args.rounds,
+                load: args.workload.to_config(Vec::new(), 0)?,
+                etcd_bin: args.etcd_bin,
+                etcd_members: args.etcd_members,
+                etcd_base_port: args.etcd_base_port,
+                bftd_bin: args.bftd_bin,
+                bftd_replicas: args.bftd_replicas,
+                bftd_base_port: args.bftd_base_port,
+                durability: args.durability.name().to_string(),
+                ready_timeout: Duration::from_secs(args.ready_timeout_s),
+                out_dir: args.out,
+            };
+            tls_compare::run(&runtime, &config)?;
         }
         Command::Watch(args) => {
             let config = WatchBenchConfig {

@@ -104,6 +104,7 @@ pub fn run(runtime: &Runtime, config: &WatchBenchConfig) -> Result<Vec<WatchRow>
                     log_dir: log_dir.clone(),
                     cluster_token: format!("bftd-perf-watch-{}", std::process::id()),
                     hosts: Vec::new(),
+                    tls: None,
                 })?;
                 runtime.block_on(cluster.wait_ready(config.ready_timeout))?;
                 let pid = cluster.pid(1).context("etcd member 1 runs")?;

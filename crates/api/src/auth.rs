@@ -167,7 +167,12 @@ impl<B: Backend> EtcdApi<B> {
                 .user_of(token)
                 .ok_or_else(|| kv_status(&KvError::InvalidAuthToken));
         }
-        Ok(String::new())
+        Ok(req
+            .extensions()
+            .get::<crate::client_port::ConnHandle>()
+            .and_then(|c| c.peer_common_name())
+            .unwrap_or_default()
+            .to_owned())
     }
 
     /// Runs `command` as `user`: checked against this replica's auth state

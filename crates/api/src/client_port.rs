@@ -30,6 +30,15 @@
 //!   ResourceExhausted ("etcdserver: too many requests") and frees what it
 //!   held.
 //!
+//! - TLS ([`Incoming::with_tls`]): each admitted connection does its
+//!   handshake on a task of its own, so a slow or silent handshaker never
+//!   delays the accept loop or other connections. It holds its slot in the
+//!   table meanwhile (it counts toward `client_connections_max`, can be
+//!   evicted as idle, and closes at the idle timeout), and the handshake
+//!   is abandoned after [`TLS_HANDSHAKE_TIMEOUT`]. A failed handshake (no
+//!   client certificate, one from another CA, not TLS at all) closes the
+//!   connection and is counted; nothing else changes.
+//!
 //! Memory of partial requests is thus at most, per connection, the HTTP/2
 //! connection window (bytes received and not yet read by tonic) plus the
 //! per-connection budget; and server-wide, the global budget plus the
@@ -61,6 +70,9 @@ const ACCEPTS_PER_POLL_MAX: usize = 64;
 /// Most connections being closed for eviction at once (admitted beyond
 /// `client_connections_max` while their victims shut down).
 pub const EVICTING_MAX: usize = 64;
+/// Longest a TLS handshake may take before the connection is closed (the
+/// idle timeout, when shorter, closes it first).
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Counters of the client port (cumulative since start, except
 /// `connections_open`).
@@ -77,6 +89,13 @@ pub struct ClientPortStats {
     pub accept_errors: AtomicU64,
     /// Streams failed because a request-bytes budget was full.
     pub streams_over_budget: AtomicU64,
+    /// TLS handshakes completed.
+    pub tls_handshakes: AtomicU64,
+    /// TLS handshakes that failed (bad or missing client certificate, not
+    /// TLS, closed or evicted before finishing).
+    pub tls_handshakes_failed: AtomicU64,
+    /// TLS handshakes abandoned after [`TLS_HANDSHAKE_TIMEOUT`].
+    pub tls_handshakes_timed_out: AtomicU64,
 }
 
 /// The open connections of one port.
@@ -113,6 +132,9 @@ struct ConnShared {
     waker: Mutex<Option<Waker>>,
     /// Request bytes charged on this connection, bytes.
     pending_bytes: AtomicUsize,
+    /// The subject Common Name of the verified client certificate (set
+    /// once, after the TLS handshake).
+    peer_common_name: std::sync::OnceLock<Box<str>>,
 }
 
 impl ConnTable {
@@ -175,7 +197,7 @@ impl ConnTable {
     /// Takes `stream` into the table, evicting the connection idle longest
     /// when the table is full; `None` (the stream is dropped: closed at
     /// once) when every connection has a request in flight.
-    fn admit(self: &Arc<Self>, stream: TcpStream) -> Option<ClientConn> {
+    fn admit(self: &Arc<Self>, stream: TcpStream) -> Option<RawConn> {
         let now_ms = self.now_ms();
         let shared = {
             let mut conns = self.conns.lock().expect("conn table lock");
@@ -222,6 +244,7 @@ impl ConnTable {
                 closing: AtomicBool::new(false),
                 waker: Mutex::new(None),
                 pending_bytes: AtomicUsize::new(0),
+                peer_common_name: std::sync::OnceLock::new(),
             });
             conns.open.insert(id, shared.clone());
             assert!(conns.open.len() <= self.connections_max + EVICTING_MAX);
@@ -233,7 +256,7 @@ impl ConnTable {
         self.stats.connections_open.fetch_add(1, Ordering::Relaxed);
         let _ = stream.set_nodelay(true);
         let deadline = self.epoch + Duration::from_millis(now_ms) + self.idle_timeout;
-        Some(ClientConn {
+        Some(RawConn {
             stream,
             handle: ConnHandle {
                 shared,
@@ -256,13 +279,16 @@ impl ConnTable {
 
 /// Accepts connections from `listener` into `table` for tonic's
 /// `serve_with_incoming*`. Never yields an error: accept errors are logged
-/// (at most once per backoff) and retried after a backoff.
+/// (at most once per backoff) and retried after a backoff. Plaintext; see
+/// [`Incoming::with_tls`].
 pub fn incoming(listener: TcpListener, table: Arc<ConnTable>) -> Incoming {
     Incoming {
         listener,
         table,
         backoff: None,
         next_backoff: ACCEPT_BACKOFF_MIN,
+        tls: None,
+        handshakes: tokio::task::JoinSet::new(),
     }
 }
 
@@ -272,6 +298,130 @@ pub struct Incoming {
     table: Arc<ConnTable>,
     backoff: Option<Pin<Box<tokio::time::Sleep>>>,
     next_backoff: Duration,
+    tls: Option<Arc<crate::tls::ServerTls>>,
+    /// TLS handshakes under way, one task each; at most as many as the
+    /// table holds connections (each holds its slot), aborted on drop.
+    handshakes: tokio::task::JoinSet<Option<ClientConn>>,
+}
+
+impl Incoming {
+    /// Serves TLS with `tls`'s config in force when each connection is
+    /// accepted (a reload applies to the next connections). Connections are
+    /// yielded once their handshake has finished; see the module docs.
+    pub fn with_tls(mut self, tls: Arc<crate::tls::ServerTls>) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Accepts up to [`ACCEPTS_PER_POLL_MAX`] connections: a plaintext one
+    /// is returned at once, a TLS one starts its handshake. `Ready(None)`
+    /// when the batch limit was reached (poll again).
+    fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<Option<ClientConn>> {
+        for _ in 0..ACCEPTS_PER_POLL_MAX {
+            if let Some(sleep) = self.backoff.as_mut() {
+                if sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                self.backoff = None;
+            }
+            match self.listener.poll_accept(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => {
+                    self.table
+                        .stats
+                        .accept_errors
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        backoff_ms = self.next_backoff.as_millis() as u64,
+                        "client port: accept failed: {e}"
+                    );
+                    self.backoff = Some(Box::pin(tokio::time::sleep(self.next_backoff)));
+                    self.next_backoff = (self.next_backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                }
+                Poll::Ready(Ok((stream, peer))) => {
+                    self.next_backoff = ACCEPT_BACKOFF_MIN;
+                    let Some(raw) = self.table.admit(stream) else {
+                        tracing::debug!(%peer, "client port full: connection closed");
+                        continue;
+                    };
+                    match &self.tls {
+                        None => return Poll::Ready(Some(ClientConn::plain(raw, peer))),
+                        Some(tls) => {
+                            // Bounded: each task holds a slot of the table.
+                            assert!(
+                                self.handshakes.len() < self.table.connections_max + EVICTING_MAX
+                            );
+                            let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
+                            self.handshakes.spawn(handshake(
+                                raw,
+                                peer,
+                                acceptor,
+                                TLS_HANDSHAKE_TIMEOUT,
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        Poll::Ready(None)
+    }
+
+    /// A connection whose TLS handshake finished, if any.
+    fn poll_handshakes(&mut self, cx: &mut Context<'_>) -> Poll<ClientConn> {
+        // Each pass takes one finished task out of the bounded set.
+        loop {
+            match self.handshakes.poll_join_next(cx) {
+                Poll::Ready(Some(Ok(Some(conn)))) => return Poll::Ready(conn),
+                Poll::Ready(Some(Ok(None))) => {}
+                Poll::Ready(Some(Err(e))) => {
+                    tracing::warn!("client port: TLS handshake task ended: {e}")
+                }
+                Poll::Ready(None) | Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+/// Runs the TLS handshake of `raw`; the connection when it succeeded.
+async fn handshake(
+    raw: RawConn,
+    peer: std::net::SocketAddr,
+    acceptor: tokio_rustls::TlsAcceptor,
+    timeout: Duration,
+) -> Option<ClientConn> {
+    let table = raw.handle.table.clone();
+    let stats = &table.stats;
+    match tokio::time::timeout(timeout, acceptor.accept(raw)).await {
+        Ok(Ok(tls)) => {
+            stats.tls_handshakes.fetch_add(1, Ordering::Relaxed);
+            let (raw, session) = tls.get_ref();
+            let handle = raw.handle.clone();
+            if let Some(cn) = session
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(|leaf| crate::tls::common_name(leaf))
+            {
+                let _ = handle.shared.peer_common_name.set(cn.into_boxed_str());
+            }
+            Some(ClientConn {
+                io: ConnIo::Tls(Box::new(tls)),
+                handle,
+                peer,
+            })
+        }
+        Ok(Err(e)) => {
+            stats.tls_handshakes_failed.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%peer, "client port: TLS handshake failed: {e}");
+            None
+        }
+        Err(_) => {
+            stats
+                .tls_handshakes_timed_out
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%peer, "client port: TLS handshake timed out");
+            None
+        }
+    }
 }
 
 impl Stream for Incoming {
@@ -279,43 +429,24 @@ impl Stream for Incoming {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        for _ in 0..ACCEPTS_PER_POLL_MAX {
-            if let Some(sleep) = this.backoff.as_mut() {
-                if sleep.as_mut().poll(cx).is_pending() {
-                    return Poll::Pending;
-                }
-                this.backoff = None;
-            }
-            match this.listener.poll_accept(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Err(e)) => {
-                    this.table
-                        .stats
-                        .accept_errors
-                        .fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(
-                        backoff_ms = this.next_backoff.as_millis() as u64,
-                        "client port: accept failed: {e}"
-                    );
-                    this.backoff = Some(Box::pin(tokio::time::sleep(this.next_backoff)));
-                    this.next_backoff = (this.next_backoff * 2).min(ACCEPT_BACKOFF_MAX);
-                }
-                Poll::Ready(Ok((stream, peer))) => {
-                    this.next_backoff = ACCEPT_BACKOFF_MIN;
-                    match this.table.admit(stream) {
-                        Some(conn) => return Poll::Ready(Some(Ok(conn))),
-                        None => tracing::debug!(%peer, "client port full: connection closed"),
-                    }
-                }
-            }
+        let more = match this.poll_accept(cx) {
+            Poll::Ready(Some(conn)) => return Poll::Ready(Some(Ok(conn))),
+            Poll::Ready(None) => true,
+            Poll::Pending => false,
+        };
+        if let Poll::Ready(conn) = this.poll_handshakes(cx) {
+            return Poll::Ready(Some(Ok(conn)));
         }
-        cx.waker().wake_by_ref();
+        if more {
+            // The accept batch ended on its limit, not on Pending.
+            cx.waker().wake_by_ref();
+        }
         Poll::Pending
     }
 }
 
-/// axum's listener (the HTTP status port): the same admission, backoff
-/// and idle timeout.
+/// axum's listener (the HTTP status port): the same admission, backoff,
+/// idle timeout and TLS.
 impl axum::serve::Listener for Incoming {
     type Io = ClientConn;
     type Addr = std::net::SocketAddr;
@@ -326,10 +457,7 @@ impl axum::serve::Listener for Incoming {
         loop {
             let next = std::future::poll_fn(|cx| Pin::new(&mut *self).poll_next(cx)).await;
             if let Some(Ok(conn)) = next {
-                let addr = conn
-                    .stream
-                    .peer_addr()
-                    .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+                let addr = conn.peer;
                 return (conn, addr);
             }
         }
@@ -340,17 +468,45 @@ impl axum::serve::Listener for Incoming {
     }
 }
 
-/// One admitted connection: the TCP stream plus its slot in the table
+/// An admitted TCP connection: the stream plus its slot in the table
 /// (freed on drop). Reads end (EOF) when the connection is evicted or has
-/// been idle for the table's idle timeout.
-pub struct ClientConn {
+/// been idle for the table's idle timeout — during a TLS handshake too.
+struct RawConn {
     stream: TcpStream,
     handle: ConnHandle,
     /// Fires at the earliest time the connection can be idle too long.
     idle: Pin<Box<tokio::time::Sleep>>,
 }
 
+/// One admitted connection as tonic and axum see it: plaintext, or TLS
+/// after a finished handshake. Its slot in the table is freed on drop.
+pub struct ClientConn {
+    io: ConnIo,
+    handle: ConnHandle,
+    peer: std::net::SocketAddr,
+}
+
+enum ConnIo {
+    Plain(RawConn),
+    Tls(Box<tokio_rustls::server::TlsStream<RawConn>>),
+}
+
 impl ClientConn {
+    fn plain(raw: RawConn, peer: std::net::SocketAddr) -> Self {
+        Self {
+            handle: raw.handle.clone(),
+            io: ConnIo::Plain(raw),
+            peer,
+        }
+    }
+
+    /// The client's address.
+    pub fn peer_addr(&self) -> std::net::SocketAddr {
+        self.peer
+    }
+}
+
+impl RawConn {
     fn register(&self, cx: &Context<'_>) {
         let mut w = self.handle.shared.waker.lock().expect("waker lock");
         if !w.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
@@ -392,13 +548,13 @@ impl ClientConn {
     }
 }
 
-impl Drop for ClientConn {
+impl Drop for RawConn {
     fn drop(&mut self) {
         self.handle.table.remove(&self.handle.shared);
     }
 }
 
-impl AsyncRead for ClientConn {
+impl AsyncRead for RawConn {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -420,7 +576,7 @@ impl AsyncRead for ClientConn {
     }
 }
 
-impl AsyncWrite for ClientConn {
+impl AsyncWrite for RawConn {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -464,12 +620,82 @@ impl AsyncWrite for ClientConn {
     }
 }
 
+impl AsyncRead for ClientConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match &mut self.io {
+            ConnIo::Plain(raw) => Pin::new(raw).poll_read(cx, buf),
+            ConnIo::Tls(tls) => Pin::new(tls.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ClientConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match &mut self.io {
+            ConnIo::Plain(raw) => Pin::new(raw).poll_write(cx, buf),
+            ConnIo::Tls(tls) => Pin::new(tls.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.io {
+            ConnIo::Plain(raw) => Pin::new(raw).poll_flush(cx),
+            ConnIo::Tls(tls) => Pin::new(tls.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.io {
+            ConnIo::Plain(raw) => Pin::new(raw).poll_shutdown(cx),
+            ConnIo::Tls(tls) => Pin::new(tls.as_mut()).poll_shutdown(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match &mut self.io {
+            ConnIo::Plain(raw) => Pin::new(raw).poll_write_vectored(cx, bufs),
+            ConnIo::Tls(tls) => Pin::new(tls.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match &self.io {
+            ConnIo::Plain(raw) => raw.is_write_vectored(),
+            ConnIo::Tls(tls) => tls.is_write_vectored(),
+        }
+    }
+}
+
 /// A connection as its requests see it (tonic puts it in each request's
 /// extensions).
 #[derive(Clone)]
 pub struct ConnHandle {
     shared: Arc<ConnShared>,
     table: Arc<ConnTable>,
+}
+
+impl ConnHandle {
+    /// The subject Common Name of the client certificate this connection
+    /// presented and the server verified against its `trusted_ca_file`;
+    /// `None` on a plaintext connection, without a client certificate, or
+    /// when the certificate has no Common Name. etcd, with
+    /// `--client-cert-auth` on and no token in the request, takes it as
+    /// the user name.
+    pub fn peer_common_name(&self) -> Option<&str> {
+        self.shared.peer_common_name.get().map(|cn| &**cn)
+    }
 }
 
 impl tonic::transport::server::Connected for ClientConn {
@@ -691,5 +917,210 @@ where
             drop(charge);
             r
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::tests::{ca, leaf, Pki};
+    use crate::tls::{ServerTls, TlsFiles, ALPN_CLIENT_PORT};
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_stream::StreamExt;
+
+    /// A CA, a server certificate for 127.0.0.1 and a client certificate
+    /// (CN=root) it signed, plus a client certificate of another CA.
+    struct Certs {
+        pki: Pki,
+        ca_pem: String,
+        client: (String, String),
+        foreign_client: (String, String),
+    }
+
+    fn certs(name: &str) -> (Certs, TlsFiles) {
+        let pki = Pki::new(name);
+        let (issuer, ca_pem) = ca("bftd test CA");
+        let (cert, key) = leaf(&issuer, "replica-0", &["127.0.0.1", "localhost"]);
+        let client = leaf(&issuer, "root", &[]);
+        let (other, _) = ca("another CA");
+        let foreign_client = leaf(&other, "root", &[]);
+        let files = TlsFiles {
+            cert_file: pki.write("server.pem", &cert),
+            key_file: pki.write("server-key.pem", &key),
+            trusted_ca_file: Some(pki.write("ca.pem", &ca_pem)),
+            client_cert_auth: true,
+        };
+        (
+            Certs {
+                pki,
+                ca_pem,
+                client,
+                foreign_client,
+            },
+            files,
+        )
+    }
+
+    #[allow(deprecated)]
+    fn connector(ca_pem: &str, client: Option<&(String, String)>) -> tokio_rustls::TlsConnector {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let b = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots);
+        let mut cfg = match client {
+            Some((cert, key)) => b
+                .with_client_auth_cert(
+                    vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
+                    PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+                )
+                .unwrap(),
+            None => b.with_no_client_auth(),
+        };
+        cfg.alpn_protocols = vec![b"h2".to_vec()];
+        tokio_rustls::TlsConnector::from(Arc::new(cfg))
+    }
+
+    /// Serves `incoming`: each connection gets its peer's Common Name (or
+    /// "-") and a newline, then is closed.
+    fn serve_common_names(mut incoming: Incoming) {
+        tokio::spawn(async move {
+            while let Some(Ok(mut conn)) = incoming.next().await {
+                tokio::spawn(async move {
+                    let cn = conn.handle.peer_common_name().unwrap_or("-").to_string();
+                    let _ = conn.write_all(format!("{cn}\n").as_bytes()).await;
+                    let _ = conn.shutdown().await;
+                });
+            }
+        });
+    }
+
+    /// What a TLS client reads from the server: the line, or the error.
+    async fn tls_read(
+        addr: std::net::SocketAddr,
+        connector: &tokio_rustls::TlsConnector,
+    ) -> Result<String, String> {
+        let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        let name = ServerName::try_from("127.0.0.1").unwrap();
+        let mut tls = connector
+            .connect(name, tcp)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut out = String::new();
+        tls.read_to_string(&mut out)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(out)
+    }
+
+    async fn wait_for(what: &str, cond: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn silent_handshakers_delay_no_one_and_bad_client_certificates_are_refused() {
+        let (c, files) = certs("port");
+        let tls = ServerTls::load(files, ALPN_CLIENT_PORT).unwrap();
+        let table = ConnTable::new(&ApiLimits::default());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        serve_common_names(incoming(listener, table.clone()).with_tls(tls));
+
+        // Silent peers: TCP connected, no ClientHello ever.
+        let mut silent = Vec::new();
+        for _ in 0..8 {
+            silent.push(TcpStream::connect(addr).await.unwrap());
+        }
+        wait_for("8 connections in the table", || {
+            table.stats.connections_open.load(Ordering::Relaxed) == 8
+        })
+        .await;
+        let good = connector(&c.ca_pem, Some(&c.client));
+        let started = Instant::now();
+        let got = tls_read(addr, &good).await;
+        assert_eq!(got.as_deref(), Ok("root\n"), "the client's CN is exposed");
+        assert!(
+            started.elapsed() < TLS_HANDSHAKE_TIMEOUT / 2,
+            "waited behind silent handshakers: {:?}",
+            started.elapsed()
+        );
+
+        let foreign = tls_read(addr, &connector(&c.ca_pem, Some(&c.foreign_client))).await;
+        assert!(foreign.is_err(), "another CA's certificate: {foreign:?}");
+        let none = tls_read(addr, &connector(&c.ca_pem, None)).await;
+        assert!(none.is_err(), "no client certificate: {none:?}");
+        let mut plain = TcpStream::connect(addr).await.unwrap();
+        plain
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = Vec::new();
+        let _ = plain.read_to_end(&mut buf).await;
+        assert!(!buf.ends_with(b"\n"), "plaintext gets no answer: {buf:?}");
+        wait_for("3 failed handshakes", || {
+            table.stats.tls_handshakes_failed.load(Ordering::Relaxed) == 3
+        })
+        .await;
+        assert_eq!(table.stats.tls_handshakes.load(Ordering::Relaxed), 1);
+        wait_for("only the silent peers left", || {
+            table.stats.connections_open.load(Ordering::Relaxed) == 8
+        })
+        .await;
+        drop(silent);
+        wait_for("every slot freed", || {
+            table.stats.connections_open.load(Ordering::Relaxed) == 0
+        })
+        .await;
+        drop(c.pki);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_handshake_holds_a_slot_is_evicted_as_idle_and_times_out_idle() {
+        let (c, files) = certs("slots");
+        let tls = ServerTls::load(files, ALPN_CLIENT_PORT).unwrap();
+        let limits = ApiLimits {
+            client_connections_max: 1,
+            client_idle_timeout: Duration::from_millis(300),
+            ..ApiLimits::default()
+        };
+        let table = ConnTable::new(&limits);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        serve_common_names(incoming(listener, table.clone()).with_tls(tls));
+
+        // A silent handshaker fills the only slot; a real client evicts it.
+        let mut silent = TcpStream::connect(addr).await.unwrap();
+        wait_for("the silent peer admitted", || {
+            table.stats.connections_accepted.load(Ordering::Relaxed) == 1
+        })
+        .await;
+        let good = connector(&c.ca_pem, Some(&c.client));
+        assert_eq!(tls_read(addr, &good).await.as_deref(), Ok("root\n"));
+        let mut buf = [0u8; 1];
+        let n = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut buf)).await;
+        assert!(matches!(n, Ok(Ok(0)) | Ok(Err(_))), "evicted: {n:?}");
+        assert_eq!(table.stats.connections_evicted.load(Ordering::Relaxed), 1);
+
+        // Alone, a silent handshaker is closed at the idle timeout.
+        let mut silent = TcpStream::connect(addr).await.unwrap();
+        let started = Instant::now();
+        let n = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut buf)).await;
+        assert!(matches!(n, Ok(Ok(0)) | Ok(Err(_))), "closed idle: {n:?}");
+        assert!(started.elapsed() >= Duration::from_millis(250));
+        wait_for("the slot freed", || {
+            table.stats.connections_open.load(Ordering::Relaxed) == 0
+        })
+        .await;
+        assert!(table.stats.connections_idle_closed.load(Ordering::Relaxed) >= 1);
     }
 }

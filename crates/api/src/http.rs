@@ -55,6 +55,20 @@ pub async fn serve<O: Observe>(
     observe: Arc<O>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with(listener, observe, None, shutdown).await
+}
+
+/// Like [`serve`]; with `tls`, behind TLS (HTTPS, HTTP/1.1 by ALPN: load
+/// it with [`crate::tls::ALPN_STATUS_PORT`]), and with client
+/// certificates when its files ask for them. Each handshake runs on its
+/// own task under the same connection bounds (see
+/// [`crate::client_port`]).
+pub async fn serve_with<O: Observe>(
+    listener: tokio::net::TcpListener,
+    observe: Arc<O>,
+    tls: Option<Arc<crate::tls::ServerTls>>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let (o1, o2, o3, o4) = (observe.clone(), observe.clone(), observe.clone(), observe);
     let app = Router::new()
         .route(
@@ -95,7 +109,11 @@ pub async fn serve<O: Observe>(
         HTTP_CONNECTIONS_MAX,
         HTTP_CONNECTION_AGE_MAX,
     );
-    axum::serve(crate::client_port::incoming(listener, table), app)
+    let mut incoming = crate::client_port::incoming(listener, table);
+    if let Some(tls) = tls {
+        incoming = incoming.with_tls(tls);
+    }
+    axum::serve(incoming, app)
         .with_graceful_shutdown(shutdown)
         .await
 }

@@ -13,6 +13,8 @@
 //! - [`snapshot`]: Maintenance.Snapshot's stream and file format.
 //! - [`auth`]: the Auth service (users, roles, permissions as replicated
 //!   state; simple tokens) and the auth checks of the other services.
+//! - [`client_port`]: the client port's connection table, limits and TLS
+//!   handshakes; [`tls`]: the TLS files and their reload (SIGHUP).
 //! - [`backend::Backend`]: what the API needs from a replica.
 //!
 //! Runs on a small tokio runtime; it never blocks the control thread, and it
@@ -27,6 +29,7 @@ pub mod health;
 pub mod http;
 pub mod lease;
 pub mod snapshot;
+pub mod tls;
 pub mod watch;
 
 /// Server traits generated from etcd's `rpc.proto`, over kv's message types.
@@ -52,6 +55,30 @@ pub async fn serve_grpc<B: Backend>(
     table: Arc<client_port::ConnTable>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
+    serve_grpc_incoming(
+        client_port::incoming(listener, table),
+        backend,
+        limits,
+        shutdown,
+    )
+    .await
+}
+
+/// Like [`serve_grpc`], on the connections `incoming` yields: one
+/// [`client_port::incoming`] (plaintext, or TLS with
+/// [`client_port::Incoming::with_tls`]), or several merged into one
+/// stream (a TLS listener and a plaintext one sharing one connection
+/// table).
+pub async fn serve_grpc_incoming<B, S>(
+    incoming: S,
+    backend: Arc<B>,
+    limits: ApiLimits,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error>
+where
+    B: Backend,
+    S: tokio_stream::Stream<Item = std::io::Result<client_port::ClientConn>> + Send + 'static,
+{
     use etcdserverpb::cluster_server::ClusterServer;
     use etcdserverpb::kv_server::KvServer;
     use etcdserverpb::lease_server::LeaseServer;
@@ -95,7 +122,7 @@ pub async fn serve_grpc<B: Backend>(
         )
         .add_service(ClusterServer::new(api).max_decoding_message_size(msg_max))
         .add_service(health_service)
-        .serve_with_incoming_shutdown(client_port::incoming(listener, table), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     health_task.abort();
     lessor.abort();

@@ -303,6 +303,48 @@ pub struct Api {
     pub auto_compaction_revision_interval_ms: u64,
 }
 
+/// `[client_tls]`: TLS on the client port, as etcd's `--cert-file`,
+/// `--key-file`, `--trusted-ca-file` and `--client-cert-auth` configure
+/// it. Off while `cert_file` is empty (the default). Paths are relative to
+/// the config file; "{id}" becomes the replica id (each replica serves its
+/// own certificate). See [`api::tls`] for what a client must present.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientTls {
+    /// The replica's certificate chain, PEM, leaf first (etcd's
+    /// `--cert-file`).
+    #[serde(default)]
+    pub cert_file: String,
+    /// Its private key, PEM (etcd's `--key-file`).
+    #[serde(default)]
+    pub key_file: String,
+    /// CA certificates, PEM, that client certificates must chain to
+    /// (etcd's `--trusted-ca-file`); when set, every client must present
+    /// one, as in etcd.
+    #[serde(default)]
+    pub trusted_ca_file: String,
+    /// Require client certificates (etcd's `--client-cert-auth`); needs
+    /// `trusted_ca_file`. The certificate's Common Name is the user name
+    /// under etcd auth.
+    #[serde(default)]
+    pub client_cert_auth: bool,
+    /// Serve the status port (`http_addr`: /status, /metrics, /healthz)
+    /// behind the same TLS (and client certificates) too.
+    #[serde(default)]
+    pub http_tls: bool,
+}
+
+impl ClientTls {
+    /// Whether TLS is on.
+    pub fn is_on(&self) -> bool {
+        !self.cert_file.is_empty()
+    }
+
+    fn is_off(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
 /// One `[[replica]]` table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -312,9 +354,17 @@ pub struct ReplicaEntry {
     pub public_key: String,
     /// Replica-to-replica (consensus) address, TCP.
     pub replica_addr: SocketAddr,
-    /// etcd v3 gRPC address for clients.
+    /// etcd v3 gRPC address for clients: TLS when `[client_tls]` is on,
+    /// plaintext otherwise.
     pub client_addr: SocketAddr,
-    /// HTTP status and Prometheus metrics address.
+    /// A plaintext client listener beside the TLS one (etcd's
+    /// `--listen-client-urls` with an `http://` and an `https://` URL),
+    /// e.g. on loopback for local tools; only with `[client_tls]` on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_plain_addr: Option<SocketAddr>,
+    /// HTTP status and Prometheus metrics address. Bind it to loopback
+    /// (`127.0.0.1:port`) to keep it off the network, or serve it behind
+    /// TLS with `[client_tls] http_tls`.
     pub http_addr: SocketAddr,
     /// Secret key file; default `keys/replica-{id}.key` next to the config.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -330,6 +380,8 @@ pub struct ClusterConfig {
     pub storage: Storage,
     pub dataplane: Dataplane,
     pub api: Api,
+    #[serde(default, skip_serializing_if = "ClientTls::is_off")]
+    pub client_tls: ClientTls,
     #[serde(default, rename = "replica")]
     pub replicas: Vec<ReplicaEntry>,
     /// Directory of the file it was loaded from (relative paths resolve
@@ -409,7 +461,11 @@ impl ClusterConfig {
         }
         let mut addrs = HashSet::new();
         for r in &self.replicas {
-            for a in [r.replica_addr, r.client_addr, r.http_addr] {
+            let plain = r.client_plain_addr.into_iter();
+            for a in [r.replica_addr, r.client_addr, r.http_addr]
+                .into_iter()
+                .chain(plain)
+            {
                 if !addrs.insert(a) {
                     return invalid(format!("address {a} is used twice"));
                 }
@@ -462,6 +518,7 @@ impl ClusterConfig {
             ));
         }
         self.auto_compaction().map_err(ConfigError::Invalid)?;
+        self.validate_client_tls()?;
         let st = &self.storage;
         if st.initial_snapshot.is_empty() != st.initial_snapshot_sha256.is_empty() {
             return invalid(
@@ -512,6 +569,65 @@ impl ClusterConfig {
             }
         }
         Ok(())
+    }
+
+    fn validate_client_tls(&self) -> Result<(), ConfigError> {
+        let t = &self.client_tls;
+        if !t.is_on() {
+            if !t.is_off() {
+                return invalid(
+                    "[client_tls] has settings but no cert_file: set cert_file and key_file \
+                     to turn TLS on (`bftd init --tls` writes them), or remove the section",
+                );
+            }
+            if let Some(r) = self.replicas.iter().find(|r| r.client_plain_addr.is_some()) {
+                return invalid(format!(
+                    "replica {}: client_plain_addr is a plaintext listener beside TLS, but \
+                     [client_tls] is off (client_addr is plaintext already): remove it or turn \
+                     TLS on",
+                    r.id
+                ));
+            }
+            return Ok(());
+        }
+        if t.key_file.is_empty() {
+            return invalid(
+                "[client_tls] cert_file needs key_file (the certificate's private key)",
+            );
+        }
+        if t.client_cert_auth && t.trusted_ca_file.is_empty() {
+            return invalid(
+                "[client_tls] client_cert_auth needs trusted_ca_file: the CA that signs the \
+                 client certificates",
+            );
+        }
+        Ok(())
+    }
+
+    /// The TLS files of replica `id`'s client port, `None` when
+    /// `[client_tls]` is off. The files are read by
+    /// [`api::tls::ServerTls::load`], which says which one is wrong.
+    pub fn client_tls_files(&self, id: u16) -> Option<api::tls::TlsFiles> {
+        let t = &self.client_tls;
+        if !t.is_on() {
+            return None;
+        }
+        let path = |p: &str| self.resolve(&p.replace("{id}", &id.to_string()));
+        Some(api::tls::TlsFiles {
+            cert_file: path(&t.cert_file),
+            key_file: path(&t.key_file),
+            trusted_ca_file: (!t.trusted_ca_file.is_empty()).then(|| path(&t.trusted_ca_file)),
+            client_cert_auth: t.client_cert_auth,
+        })
+    }
+
+    /// The URL scheme of `client_addr`: "https" with `[client_tls]` on.
+    pub fn client_scheme(&self) -> &'static str {
+        if self.client_tls.is_on() {
+            "https"
+        } else {
+            "http"
+        }
     }
 
     /// The entry of replica `id`.
@@ -675,6 +791,7 @@ pub fn loopback_entry(id: u16, base_port: u16, public_key: &PublicKey) -> Replic
         id,
         public_key: public_key.to_hex(),
         client_addr: at(0),
+        client_plain_addr: None,
         replica_addr: at(10_000),
         http_addr: at(20_000),
         key_file: None,

@@ -17,6 +17,8 @@ pub struct DemoOptions {
     /// directory removed at exit.
     pub data_dir: Option<PathBuf>,
     pub durability: Durability,
+    /// Mutual TLS on the client ports (see [`crate::certs`]).
+    pub tls: bool,
 }
 
 struct Children(Vec<(u16, Child)>);
@@ -86,8 +88,27 @@ fn prepare(dir: &Path, opts: &DemoOptions) -> Result<ClusterConfig, String> {
         let mut c = ClusterConfig::load(&path).map_err(|e| e.to_string())?;
         c.dataplane.pin_cores = PinCores::Off;
         std::fs::write(&path, c.to_toml()).map_err(|e| format!("{}: {e}", path.display()))?;
+        if opts.tls {
+            crate::certs::init_tls(&path)?;
+        }
     }
     let c = ClusterConfig::load(&path).map_err(|e| e.to_string())?;
+    if c.client_tls.is_on() != opts.tls {
+        return Err(format!(
+            "{} was written {}: {}, or remove the directory",
+            path.display(),
+            if c.client_tls.is_on() {
+                "with TLS"
+            } else {
+                "without TLS"
+            },
+            if c.client_tls.is_on() {
+                "pass --tls"
+            } else {
+                "drop --tls"
+            },
+        ));
+    }
     if c.n() != opts.replicas || c.replicas[0].client_addr.port() != opts.base_port {
         return Err(format!(
             "{} holds a {}-replica cluster on port {}: remove the directory or pass another --data-dir",
@@ -172,7 +193,24 @@ fn run_in(dir: &Path, opts: &DemoOptions) -> Result<(), String> {
         .map(|r| r.client_addr.to_string())
         .collect();
     println!("endpoints: {}", endpoints.join(","));
-    println!("try: etcdctl --endpoints={} put foo bar", endpoints[0]);
+    if cfg.client_tls.is_on() {
+        let tls = dir.join(crate::certs::TLS_DIR);
+        let files = crate::certs::EtcdctlTls {
+            cacert: tls.join("ca.pem"),
+            cert: tls.join(format!("client-{}.pem", crate::certs::CLIENT_CN)),
+            key: tls.join(format!("client-{}-key.pem", crate::certs::CLIENT_CN)),
+        };
+        println!(
+            "mutual TLS on; try: etcdctl --endpoints=https://{} {} put foo bar",
+            endpoints[0],
+            files.flags()
+        );
+    } else {
+        println!("try: etcdctl --endpoints={} put foo bar", endpoints[0]);
+        println!(
+            "TLS: `bftd demo --tls` serves mutual TLS (test certificates under <data dir>/tls)"
+        );
+    }
     println!("ready; Ctrl-C stops the cluster");
     wait_for_stop(&mut children, f);
     println!("stopping");

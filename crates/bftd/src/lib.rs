@@ -1,6 +1,7 @@
 //! `bftd`: the replica binary's library — config, CLI commands, and the
 //! wiring of the layers into a replica process.
 
+pub mod certs;
 pub mod compactor;
 pub mod config;
 pub mod demo;

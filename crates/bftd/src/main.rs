@@ -44,6 +44,11 @@ enum Cmd {
         /// is refused.
         #[arg(long, value_name = "FILE")]
         from_snapshot: Option<PathBuf>,
+        /// Mutual TLS on the client ports: writes a test CA, a certificate
+        /// per replica and a client certificate (CN=root) under DIR/tls,
+        /// sets [client_tls], and prints etcdctl's flags.
+        #[arg(long)]
+        tls: bool,
     },
     /// Run one replica (for systemd and containers) until SIGINT/SIGTERM.
     Run {
@@ -72,7 +77,27 @@ enum Cmd {
         data_dir: Option<PathBuf>,
         #[arg(long, value_enum, default_value_t = Durability::Fsync)]
         durability: Durability,
+        /// Mutual TLS on the client ports (a test CA and certificates, as
+        /// `bftd init --tls`); plaintext without it.
+        #[arg(long)]
+        tls: bool,
     },
+}
+
+/// Turns mutual TLS on in the cluster at `config` when `tls`; prints
+/// etcdctl's flags.
+fn init_tls(config: &std::path::Path, tls: bool, base_port: u16) -> Result<(), String> {
+    if !tls {
+        println!("client ports are plaintext; `bftd init --tls` writes a cluster with mutual TLS");
+        return Ok(());
+    }
+    let files = bftd::certs::init_tls(config)?;
+    println!(
+        "mutual TLS on: certificates under {}\ntry: etcdctl --endpoints=https://127.0.0.1:{base_port} {} put foo bar",
+        files.cacert.parent().unwrap_or(std::path::Path::new(".")).display(),
+        files.flags()
+    );
+    Ok(())
 }
 
 fn init_tracing() {
@@ -107,31 +132,35 @@ fn main() -> ExitCode {
             base_port,
             durability,
             from_snapshot: None,
+            tls,
         } => config::init_loopback(&dir, replicas, base_port, durability)
-            .map(|p| {
+            .map_err(|e| e.to_string())
+            .and_then(|p| {
                 println!(
                     "wrote {} and {} keys under {}",
                     p.display(),
                     replicas,
                     dir.join("keys").display()
-                )
-            })
-            .map_err(|e| e.to_string()),
+                );
+                init_tls(&p, tls, base_port)
+            }),
         Cmd::Init {
             replicas,
             dir,
             base_port,
             durability,
             from_snapshot: Some(file),
+            tls,
         } => bftd::seed::init_loopback_from_snapshot(&dir, replicas, base_port, durability, &file)
-            .map(|(p, rev)| {
+            .and_then(|(p, rev)| {
                 println!(
                     "wrote {} and {} keys under {}; the cluster starts from {} (revision {rev})",
                     p.display(),
                     replicas,
                     dir.join("keys").display(),
                     dir.join(bftd::seed::INITIAL_SNAPSHOT_FILE).display()
-                )
+                );
+                init_tls(&p, tls, base_port)
             }),
         Cmd::Run {
             config,
@@ -148,11 +177,13 @@ fn main() -> ExitCode {
             base_port,
             data_dir,
             durability,
+            tls,
         } => bftd::demo::run(bftd::demo::DemoOptions {
             replicas,
             base_port,
             data_dir,
             durability,
+            tls,
         }),
     };
     match result {

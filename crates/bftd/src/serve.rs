@@ -1,6 +1,8 @@
 //! Runs one replica process: the replica's threads plus its API runtime
-//! (etcd gRPC on `client_addr`, status/metrics on `http_addr`) until
-//! SIGINT or SIGTERM.
+//! (etcd gRPC on `client_addr`, and `client_plain_addr` if set;
+//! status/metrics on `http_addr`) until SIGINT or SIGTERM. With
+//! `[client_tls]` on, SIGHUP reads the certificate, key and CA files again
+//! (see [`reload_tls`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -69,6 +71,7 @@ pub fn run(
         "client port limits"
     );
     let client_table = api::client_port::ConnTable::new(&limits);
+    let (client_tls, http_tls) = load_tls(&config, id)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name(format!("api-r{id}"))
@@ -80,33 +83,58 @@ pub fn run(
             let _ = rx.wait_for(|s| *s).await;
         };
         let http_listener = api::http::bind(entry.http_addr).await?;
-        let http = tokio::spawn(api::http::serve(
+        let http = tokio::spawn(api::http::serve_with(
             http_listener,
             observer,
+            http_tls.clone(),
             stopped(stop_rx.clone()),
         ));
         let grpc_listener = tokio::net::TcpListener::bind(entry.client_addr)
             .await
             .map_err(|e| format!("client address {}: {e}", entry.client_addr))?;
+        let mut incoming = api::client_port::incoming(grpc_listener, client_table.clone());
+        if let Some(tls) = &client_tls {
+            incoming = incoming.with_tls(tls.clone());
+        }
+        // A plaintext listener beside TLS shares the connection table.
+        let plain = match entry.client_plain_addr {
+            Some(a) => Some(api::client_port::incoming(
+                tokio::net::TcpListener::bind(a)
+                    .await
+                    .map_err(|e| format!("client_plain_addr {a}: {e}"))?,
+                client_table,
+            )),
+            None => None,
+        };
         let compactor = auto_compaction.map(|ac| {
             tracing::info!(replica = id, config = ?ac, "auto compaction on");
             tokio::spawn(crate::compactor::run(backend.clone(), ac))
         });
-        let grpc = tokio::spawn(api::serve_grpc(
-            grpc_listener,
-            backend,
-            limits,
-            client_table,
-            stopped(stop_rx),
-        ));
+        let grpc = match plain {
+            Some(plain) => tokio::spawn(api::serve_grpc_incoming(
+                tokio_stream::StreamExt::merge(incoming, plain),
+                backend,
+                limits,
+                stopped(stop_rx),
+            )),
+            None => tokio::spawn(api::serve_grpc_incoming(
+                incoming,
+                backend,
+                limits,
+                stopped(stop_rx),
+            )),
+        };
         tracing::info!(
             replica = id,
-            client = %entry.client_addr,
+            client = %format!("{}://{}", config.client_scheme(), entry.client_addr),
+            client_plain = ?entry.client_plain_addr,
             replica_addr = %entry.replica_addr,
             http = %entry.http_addr,
+            http_tls = http_tls.is_some(),
+            client_cert_auth = client_tls.as_ref().is_some_and(|t| t.files().requires_client_cert()),
             "replica serving"
         );
-        wait_for_signal().await;
+        wait_for_signal(|| reload_tls(id, &[&client_tls, &http_tls])).await;
         tracing::info!(replica = id, "stopping");
         let _ = stop_tx.send(true);
         if let Some(c) = compactor {
@@ -200,12 +228,84 @@ pub fn client_connections_cap(configured: usize, fd_limit: u64) -> Result<usize,
     Ok(cap)
 }
 
-async fn wait_for_signal() {
+/// The client port's and (with `http_tls`) the status port's TLS configs
+/// of replica `id`, read from `[client_tls]`'s files; `None` when off.
+///
+/// # Errors
+/// A file that is missing or wrong, named with what to do (see
+/// [`api::tls::TlsError`]).
+#[allow(clippy::type_complexity)]
+pub fn load_tls(
+    config: &ClusterConfig,
+    id: u16,
+) -> Result<
+    (
+        Option<Arc<api::tls::ServerTls>>,
+        Option<Arc<api::tls::ServerTls>>,
+    ),
+    String,
+> {
+    let Some(files) = config.client_tls_files(id) else {
+        return Ok((None, None));
+    };
+    let load = |alpn| {
+        api::tls::ServerTls::load(files.clone(), alpn)
+            .map_err(|e| format!("[client_tls] of replica {id}: {e}"))
+    };
+    let client = load(api::tls::ALPN_CLIENT_PORT)?;
+    let http = if config.client_tls.http_tls {
+        Some(load(api::tls::ALPN_STATUS_PORT)?)
+    } else {
+        None
+    };
+    tracing::info!(
+        replica = id,
+        cert_file = %files.cert_file.display(),
+        serial = %client.serial_hex(),
+        "client TLS certificate loaded"
+    );
+    Ok((Some(client), http))
+}
+
+/// SIGHUP: reads each TLS config's files again. New connections get the
+/// new certificate, key and CA; open connections keep their sessions. A
+/// reload that fails is logged and the config in force stays.
+pub fn reload_tls(id: u16, configs: &[&Option<Arc<api::tls::ServerTls>>]) {
+    let mut any = false;
+    for tls in configs.iter().filter_map(|t| t.as_ref()) {
+        any = true;
+        match tls.reload() {
+            Ok(()) => tracing::info!(
+                replica = id,
+                serial = %tls.serial_hex(),
+                "SIGHUP: TLS certificates reloaded"
+            ),
+            Err(e) => tracing::error!(
+                replica = id,
+                "SIGHUP: TLS reload failed, the certificates in force stay: {e}"
+            ),
+        }
+    }
+    if !any {
+        tracing::info!(
+            replica = id,
+            "SIGHUP: nothing to reload ([client_tls] is off)"
+        );
+    }
+}
+
+/// Waits for SIGTERM or SIGINT; calls `on_hangup` at each SIGHUP
+/// meanwhile.
+async fn wait_for_signal(on_hangup: impl Fn()) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
+    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = int.recv() => return,
+            _ = hup.recv() => on_hangup(),
+        }
     }
 }

@@ -394,7 +394,13 @@ pub fn start_with_io(config: Arc<ClusterConfig>, id: u16, io: Io) -> Result<Runn
                 id: api::member_id(config.cluster_id, r.id),
                 name: format!("bftd-{}", r.id),
                 peer_urls: vec![format!("http://{}", r.replica_addr)],
-                client_urls: vec![format!("http://{}", r.client_addr)],
+                client_urls: std::iter::once(format!(
+                    "{}://{}",
+                    config.client_scheme(),
+                    r.client_addr
+                ))
+                .chain(r.client_plain_addr.map(|a| format!("http://{a}")))
+                .collect(),
             })
             .collect(),
     };

@@ -160,6 +160,7 @@ impl Cluster {
                 id: i,
                 public_key: key.public().to_hex(),
                 client_addr,
+                client_plain_addr: None,
                 replica_addr,
                 http_addr,
                 key_file: None,
