@@ -28,7 +28,9 @@
 //!   [`ApiLimits::request_bytes_pending_per_connection_max`], or the server
 //!   above [`ApiLimits::request_bytes_pending_max`], fails its stream with
 //!   ResourceExhausted ("etcdserver: too many requests") and frees what it
-//!   held.
+//!   held. A request that is not gRPC (the JSON gateway: no
+//!   `application/grpc` content type) is charged its body bytes as they
+//!   arrive, under the same budgets.
 //!
 //! Memory of partial requests is thus at most, per connection, the HTTP/2
 //! connection window (bytes received and not yet read by tonic) plus the
@@ -547,6 +549,9 @@ struct MeteredBody {
     prefix_filled: usize,
     /// Bytes of the current message still to come.
     message_left: usize,
+    /// The body is gRPC's length-prefixed messages; else (the JSON
+    /// gateway) every byte is charged as it arrives.
+    grpc_framed: bool,
     failed: bool,
 }
 
@@ -554,6 +559,9 @@ impl MeteredBody {
     /// Walks `data` through the message framing; false when a message did
     /// not fit the budget.
     fn meter(&mut self, mut data: &[u8]) -> bool {
+        if !self.grpc_framed {
+            return self.charge.add(data.len());
+        }
         // Each pass consumes at least one byte.
         while !data.is_empty() {
             if self.message_left > 0 {
@@ -668,6 +676,10 @@ where
             // Not from `incoming` (e.g. a test server): nothing to meter.
             return Box::pin(self.inner.call(req));
         };
+        let grpc_framed = req
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
         let in_flight = InFlight::begin(conn.clone());
         let charge = Arc::new(Charge {
             conn,
@@ -681,6 +693,7 @@ where
                 prefix: [0; 5],
                 prefix_filled: 0,
                 message_left: 0,
+                grpc_framed,
                 failed: false,
             })
         });
