@@ -20,7 +20,9 @@
 //!   MaxConnectionIdle: idle since the last request finished or since the
 //!   connection opened). A connection that never sends the HTTP/2 preface
 //!   is idle from the start.
-//! - [`ConnLayer`] counts requests in flight per connection and meters
+//! - [`ConnLayer`] counts requests in flight per connection (a request is
+//!   in flight until its response body ends, so an open watch or
+//!   keep-alive stream keeps its connection from the idle timeout) and meters
 //!   request bytes: each gRPC message is charged its declared length as
 //!   soon as its 5-byte prefix arrives (before tonic reserves a buffer of
 //!   that length), released when the request has finished. A message that
@@ -656,16 +658,18 @@ pub struct ConnService<S> {
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
-impl<S, R> tower_service::Service<http::Request<tonic::body::Body>> for ConnService<S>
+impl<S> tower_service::Service<http::Request<tonic::body::Body>> for ConnService<S>
 where
-    S: tower_service::Service<http::Request<tonic::body::Body>, Response = R>,
+    S: tower_service::Service<
+        http::Request<tonic::body::Body>,
+        Response = http::Response<tonic::body::Body>,
+    >,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
-    R: Send + 'static,
 {
-    type Response = R;
+    type Response = http::Response<tonic::body::Body>;
     type Error = S::Error;
-    type Future = BoxFuture<Result<R, S::Error>>;
+    type Future = BoxFuture<Result<Self::Response, S::Error>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -700,9 +704,45 @@ where
         let fut = self.inner.call(req);
         Box::pin(async move {
             let r = fut.await;
-            drop(in_flight);
             drop(charge);
-            r
+            // The request stays in flight until its response body ends: a
+            // quiet watch (or keep-alive) stream keeps its connection from
+            // the idle timeout, as an open stream does in gRPC-go.
+            r.map(|resp| {
+                resp.map(|inner| {
+                    tonic::body::Body::new(InFlightBody {
+                        inner,
+                        _in_flight: in_flight,
+                    })
+                })
+            })
         })
+    }
+}
+
+/// A response body that holds its request's [`InFlight`] until it is
+/// dropped (ended, or the client went away).
+struct InFlightBody {
+    inner: tonic::body::Body,
+    _in_flight: InFlight,
+}
+
+impl http_body::Body for InFlightBody {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, tonic::Status>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
