@@ -1131,3 +1131,76 @@ mod tests {
         assert_eq!((code, json(&e)["code"].as_i64()), (500, Some(2)), "{e}");
     }
 }
+
+#[cfg(test)]
+mod idle_tests {
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::TcpStream;
+    use std::time::Duration;
+
+    /// A watch stream is a request in flight: its connection is not idle,
+    /// however long no event comes, on the gateway as on gRPC. (Before:
+    /// the connection counted as idle once the response head was sent, and
+    /// a quiet watch was cut after `client_idle_timeout`.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_quiet_watch_stream_outlives_the_idle_timeout() {
+        let limits = crate::ApiLimits {
+            client_idle_timeout: Duration::from_millis(300),
+            ..Default::default()
+        };
+        let mut served = crate::grpc::tests::serve(limits).await;
+        let addr = served.addr;
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let reader = tokio::task::spawn_blocking(move || {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let body = br#"{"create_request":{"key":"Zm9v"}}"#;
+            write!(
+                s,
+                "POST /v3/watch HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .unwrap();
+            s.write_all(body).unwrap();
+            let mut r = BufReader::new(s);
+            for _ in 0..64 {
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                if line.starts_with("{\"result\"") && tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let rx = tokio::task::spawn_blocking(move || {
+            rx.recv_timeout(Duration::from_secs(10)).unwrap();
+            rx
+        })
+        .await
+        .unwrap();
+        // gRPC: a watch on a connection of its own.
+        let mut grpc = etcd_client::Client::connect([addr.to_string()], None)
+            .await
+            .unwrap();
+        let mut events = grpc.watch("foo", None).await.unwrap();
+        let created = events.message().await.unwrap().unwrap();
+        assert!(created.created());
+        // Three idle timeouts without a byte on either connection: the
+        // time that passes is what is tested.
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        served.client.put("foo", "bar", None).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(10), events.message())
+            .await
+            .expect("a gRPC watch event within 10 s");
+        let got = got
+            .expect("the gRPC watch stream works")
+            .expect("the gRPC watch stream is open");
+        assert_eq!(got.events()[0].kv().unwrap().value(), b"bar");
+        let event = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(10)))
+            .await
+            .unwrap();
+        assert!(event.is_ok(), "the watch stream was closed");
+        reader.abort();
+    }
+}
