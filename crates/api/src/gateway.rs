@@ -23,9 +23,13 @@
 //! with N the gRPC code, and grpc-gateway v1's HTTP status for that code
 //! (see [`http_status`]): e.g. a future revision is
 //! `400 {"error":"etcdserver: mvcc: required revision is a future revision",...,"code":11}`.
-//! Bad JSON or base64 is code 3 (400) and changes nothing; a body above
-//! the gRPC message limit ([`crate::ApiLimits::grpc_message_bytes_max`])
-//! is code 8 (429), read no further than the limit.
+//! Bad JSON or base64 is code 3 (400) and changes nothing. Sizes are held
+//! as gRPC holds them: a request whose protobuf encoding is above the gRPC
+//! message limit ([`crate::ApiLimits::grpc_message_bytes_max`]) is code 8
+//! (429, `grpc: received message larger than max (N vs. M)`, as etcd), one
+//! below it but above `request_bytes_max` is etcd's `etcdserver: request is
+//! too large` (400); the JSON body is read no further than
+//! [`JSON_BYTES_PER_MESSAGE_BYTE`] times the message limit.
 //!
 //! Streams (`/v3/watch`, `/v3/lease/keepalive`): the body is one or more
 //! JSON request objects; the answer is a chunked stream of
@@ -81,7 +85,7 @@ const STREAM_REQUESTS_QUEUED_MAX: usize = 1;
 /// etcd does for a method it lacks), or `api.clone()` once `EtcdApi`
 /// implements `Auth`.
 pub fn router<B: Backend, A: Auth + Clone>(api: EtcdApi<B>, auth: A) -> Router {
-    let body_bytes_max = api.limits().grpc_message_bytes_max();
+    let message_bytes_max = api.limits().grpc_message_bytes_max();
     let mut r = Router::new();
     for p in PREFIXES {
         r = r
@@ -89,14 +93,14 @@ pub fn router<B: Backend, A: Auth + Clone>(api: EtcdApi<B>, auth: A) -> Router {
                 p,
                 Gw {
                     svc: api.clone(),
-                    body_bytes_max,
+                    message_bytes_max,
                 },
             ))
             .merge(auth_routes(
                 p,
                 Gw {
                     svc: auth.clone(),
-                    body_bytes_max,
+                    message_bytes_max,
                 },
             ));
     }
@@ -106,12 +110,20 @@ pub fn router<B: Backend, A: Auth + Clone>(api: EtcdApi<B>, auth: A) -> Router {
 }
 
 /// The state of a route: the service that answers it and the largest
-/// request body read, bytes.
+/// request message, bytes (protobuf-encoded, as gRPC counts it).
 #[derive(Clone)]
 struct Gw<S> {
     svc: S,
-    body_bytes_max: usize,
+    message_bytes_max: usize,
 }
+
+/// JSON bytes read per byte of the largest message: base64 takes 4/3 of
+/// the bytes it encodes, plus field names and quotes. A body above
+/// `JSON_BYTES_PER_MESSAGE_BYTE * message_bytes_max` is refused as it
+/// arrives; below it the decoded request is held to `message_bytes_max`
+/// as gRPC holds it, so the gateway refuses what gRPC refuses, with
+/// gRPC's error.
+pub const JSON_BYTES_PER_MESSAGE_BYTE: usize = 2;
 
 /// A unary route: reads the JSON request, calls `$trait::$method` of the
 /// state's service with it, answers its JSON response or error.
@@ -120,9 +132,9 @@ macro_rules! unary {
         post(|State(gw): State<Gw<$svc>>, req: Request| async move {
             let Gw {
                 svc,
-                body_bytes_max,
+                message_bytes_max,
             } = gw;
-            unary(req, body_bytes_max, move |r| async move {
+            unary(req, message_bytes_max, move |r| async move {
                 <$svc as $trait>::$method(&svc, r).await
             })
             .await
@@ -333,11 +345,19 @@ pub fn from_json<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, Status
     }
 }
 
-/// The error for a body above `max` bytes: gRPC's for a message above
-/// the server's limit (ResourceExhausted, 429).
+/// The error for a JSON body above `max` bytes (ResourceExhausted, 429,
+/// as gRPC's for a message above the server's limit).
 fn too_large(max: usize) -> Status {
     Status::resource_exhausted(format!(
-        "grpc: received message larger than max (more than {max} bytes)"
+        "grpc: received message larger than max (JSON body above {max} bytes)"
+    ))
+}
+
+/// gRPC's error for a request message of `len` bytes above `max`, as etcd's
+/// gateway passes it on: `grpc: received message larger than max (2600010 vs. 2097152)`.
+fn message_too_large(len: usize, max: usize) -> Status {
+    Status::resource_exhausted(format!(
+        "grpc: received message larger than max ({len} vs. {max})"
     ))
 }
 
@@ -385,18 +405,25 @@ fn grpc_request<T>(parts: &mut http::request::Parts, msg: T) -> tonic::Request<T
     tonic::Request::from_parts(metadata, extensions, msg)
 }
 
-async fn unary<Req, Resp, F, Fut>(req: Request, max: usize, call: F) -> Response
+/// A unary call: the JSON body (at most [`JSON_BYTES_PER_MESSAGE_BYTE`]
+/// times `message_bytes_max`) as `Req`, refused above `message_bytes_max`
+/// encoded; `call`'s answer as JSON.
+async fn unary<Req, Resp, F, Fut>(req: Request, message_bytes_max: usize, call: F) -> Response
 where
-    Req: DeserializeOwned + Default,
+    Req: DeserializeOwned + Default + prost::Message,
     Resp: Serialize,
     F: FnOnce(tonic::Request<Req>) -> Fut,
     Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
 {
     let (mut parts, body) = req.into_parts();
-    let msg = match read_body(body, max)
+    let json_max = JSON_BYTES_PER_MESSAGE_BYTE * message_bytes_max;
+    let msg = match read_body(body, json_max)
         .await
         .and_then(|b| from_json::<Req>(&b))
-    {
+        .and_then(|m| match m.encoded_len() {
+            len if len > message_bytes_max => Err(message_too_large(len, message_bytes_max)),
+            _ => Ok(m),
+        }) {
         Ok(m) => m,
         Err(s) => return error_response(&s),
     };
@@ -471,14 +498,14 @@ fn grpc_frame<T: prost::Message>(msg: &T) -> Bytes {
 /// first request is parsed before the call starts (a bad one is answered
 /// 500, code 2, as etcd), the rest as the method reads them, each handed
 /// over as a gRPC message so the method reads it as it reads gRPC.
-async fn inbound<T>(body: Body, max: usize) -> Result<tonic::Streaming<T>, Status>
+async fn inbound<T>(body: Body, message_bytes_max: usize) -> Result<tonic::Streaming<T>, Status>
 where
     T: prost::Message + DeserializeOwned + Default + Send + 'static,
 {
     let mut objects = JsonObjects {
         body,
         buf: BytesMut::new(),
-        max,
+        max: JSON_BYTES_PER_MESSAGE_BYTE * message_bytes_max,
         ended: false,
     };
     let first = objects
@@ -518,7 +545,7 @@ where
         tonic::codec::Codec::decoder(&mut codec),
         body,
         None,
-        Some(max),
+        Some(message_bytes_max),
     ))
 }
 
@@ -573,7 +600,7 @@ where
 /// `POST /v3/watch`: etcd's Watch as a stream of JSON lines.
 async fn watch<B: Backend>(State(gw): State<Gw<EtcdApi<B>>>, req: Request) -> Response {
     let (mut parts, body) = req.into_parts();
-    let inbound = match inbound::<WatchRequest>(body, gw.body_bytes_max).await {
+    let inbound = match inbound::<WatchRequest>(body, gw.message_bytes_max).await {
         Ok(s) => s,
         Err(s) => return error_response(&s),
     };
@@ -587,7 +614,7 @@ async fn watch<B: Backend>(State(gw): State<Gw<EtcdApi<B>>>, req: Request) -> Re
 /// lines; it ends once every keep-alive of the body was answered.
 async fn keep_alive<B: Backend>(State(gw): State<Gw<EtcdApi<B>>>, req: Request) -> Response {
     let (mut parts, body) = req.into_parts();
-    let inbound = match inbound::<LeaseKeepAliveRequest>(body, gw.body_bytes_max).await {
+    let inbound = match inbound::<LeaseKeepAliveRequest>(body, gw.message_bytes_max).await {
         Ok(s) => s,
         Err(s) => return error_response(&s),
     };
@@ -1036,8 +1063,24 @@ mod tests {
             assert_eq!((code, json(&e)["code"].as_i64()), (400, Some(3)), "{e}");
             let (code, e) = http(addr, "POST", "/v3/kv/put", br#"{"key":"Zm9v","#);
             assert_eq!((code, json(&e)["code"].as_i64()), (400, Some(3)), "{e}");
-            let big = format!(r#"{{"key":"Zm9v","value":"{}"}}"#, "A".repeat(msg_max + 16));
-            let (code, e) = http(addr, "POST", "/v3/kv/put", big.as_bytes());
+            // Sizes as etcd 3.4 answered them: a 1.7 MB value is too large
+            // a request (400), a 2.6 MB one too large a gRPC message (429).
+            let put_of = |raw_bytes: usize| {
+                // "xxx" in base64.
+                let value = "eHh4".repeat(raw_bytes / 3);
+                format!(r#"{{"key":"Zm9v","value":"{value}"}}"#)
+            };
+            let (code, e) = http(addr, "POST", "/v3/kv/put", put_of(1_700_001).as_bytes());
+            assert_eq!((code, json(&e)["code"].as_i64()), (400, Some(3)), "{e}");
+            assert_eq!(json(&e)["error"], "etcdserver: request is too large");
+            let (code, e) = http(addr, "POST", "/v3/kv/put", put_of(2_600_001).as_bytes());
+            assert_eq!((code, json(&e)["code"].as_i64()), (429, Some(8)), "{e}");
+            assert_eq!(
+                json(&e)["error"],
+                format!("grpc: received message larger than max (2600011 vs. {msg_max})")
+            );
+            let huge = put_of(JSON_BYTES_PER_MESSAGE_BYTE * msg_max);
+            let (code, e) = http(addr, "POST", "/v3/kv/put", huge.as_bytes());
             assert_eq!((code, json(&e)["code"].as_i64()), (429, Some(8)), "{e}");
             let (_, range) = http(addr, "POST", "/v3/kv/range", br#"{"key":"Zm9v"}"#);
             let range = json(&range);
