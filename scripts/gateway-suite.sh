@@ -11,7 +11,7 @@
 #
 # The tests find the server through TOOZ_TEST_HTTP_URL and
 # TOOZ_TEST_ETCD_PORT (host localhost); each server gets a fresh data
-# directory on loopback port GATEWAY_SUITE_PORT (default 12379; bftd's demo
+# directory on loopback port GATEWAY_SUITE_PORT (default 11379; bftd's demo
 # also takes the ports +10000.. and +20000.. above it). Processes are
 # stopped by PID. No root needed.
 #
@@ -25,7 +25,7 @@ cd "$(dirname "$0")/.."
 repo=$(pwd)
 target=${CARGO_TARGET_DIR:-$repo/target}
 work=$target/gateway-suite
-port=${GATEWAY_SUITE_PORT:-12379}
+port=${GATEWAY_SUITE_PORT:-11379}
 test_timeout_s=${GATEWAY_SUITE_TEST_TIMEOUT_S:-60}
 endpoint=http://127.0.0.1:$port
 
