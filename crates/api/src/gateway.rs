@@ -437,30 +437,79 @@ where
 }
 
 /// A request body read as a sequence of JSON objects (a stream's
-/// requests), at most `max` bytes of an unfinished object buffered.
+/// requests), at most `max` bytes of an unfinished object buffered. Each
+/// byte is scanned once to find where an object ends (braces outside
+/// strings), and each object is parsed once.
 struct JsonObjects {
     body: Body,
     buf: BytesMut,
     max: usize,
     ended: bool,
+    /// Bytes of `buf` scanned so far.
+    scanned: usize,
+    /// Open braces and brackets at `scanned`.
+    depth: usize,
+    in_string: bool,
+    escaped: bool,
 }
 
 impl JsonObjects {
+    fn new(body: Body, max: usize) -> Self {
+        Self {
+            body,
+            buf: BytesMut::new(),
+            max,
+            ended: false,
+            scanned: 0,
+            depth: 0,
+            in_string: false,
+            escaped: false,
+        }
+    }
+
+    /// Scans the new bytes of `buf`; the length of the first complete
+    /// top-level value, if one is complete. A top-level value that is not
+    /// an object or array ends at its first byte (the parser refuses it).
+    fn scan(&mut self) -> Option<usize> {
+        while self.scanned < self.buf.len() {
+            let b = self.buf[self.scanned];
+            self.scanned += 1;
+            if self.in_string {
+                match (self.escaped, b) {
+                    (true, _) => self.escaped = false,
+                    (false, b'\\') => self.escaped = true,
+                    (false, b'"') => self.in_string = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match b {
+                b'"' => self.in_string = true,
+                b'{' | b'[' => self.depth += 1,
+                b'}' | b']' => {
+                    self.depth = self.depth.saturating_sub(1);
+                    if self.depth == 0 {
+                        return Some(self.scanned);
+                    }
+                }
+                b if self.depth == 0 && !b.is_ascii_whitespace() => return Some(self.scanned),
+                _ => {}
+            }
+        }
+        None
+    }
+
     /// The next object; `None` once the body ended.
     async fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, Status> {
-        // Each pass either returns or reads one frame; the body is finite
-        // or the buffer bound ends it.
+        // Each pass returns or reads one frame; the body is finite or the
+        // buffer bound ends it.
         loop {
-            let mut objects = serde_json::Deserializer::from_slice(&self.buf).into_iter::<T>();
-            match objects.next() {
-                Some(Ok(m)) => {
-                    let used = objects.byte_offset();
-                    let _ = self.buf.split_to(used);
-                    return Ok(Some(m));
-                }
-                Some(Err(e)) if !e.is_eof() => return Err(Status::invalid_argument(e.to_string())),
-                None => self.buf.clear(),
-                Some(Err(_)) => {}
+            if let Some(end) = self.scan() {
+                let object = self.buf.split_to(end);
+                (self.scanned, self.depth, self.in_string, self.escaped) = (0, 0, false, false);
+                return serde_json::from_slice(&object)
+                    .map(Some)
+                    .map_err(|e| Status::invalid_argument(e.to_string()));
             }
             if self.ended {
                 if self.buf.iter().all(u8::is_ascii_whitespace) {
@@ -502,12 +551,7 @@ async fn inbound<T>(body: Body, message_bytes_max: usize) -> Result<tonic::Strea
 where
     T: prost::Message + DeserializeOwned + Default + Send + 'static,
 {
-    let mut objects = JsonObjects {
-        body,
-        buf: BytesMut::new(),
-        max: JSON_BYTES_PER_MESSAGE_BYTE * message_bytes_max,
-        ended: false,
-    };
+    let mut objects = JsonObjects::new(body, JSON_BYTES_PER_MESSAGE_BYTE * message_bytes_max);
     let first = objects
         .next::<T>()
         .await
@@ -957,6 +1001,68 @@ mod tests {
         assert_eq!(c.start_revision, 3);
         let g: LeaseGrantRequest = from_json(br#"{"TTL":30,"ID":0}"#).unwrap();
         assert_eq!(g.ttl, 30);
+    }
+
+    /// The objects of `chunks` (a body in those frames), or the error.
+    fn objects<T: DeserializeOwned>(chunks: &[&str]) -> Result<Vec<T>, Status> {
+        let frames: Vec<Result<http_body::Frame<Bytes>, Infallible>> = chunks
+            .iter()
+            .map(|c| Ok(http_body::Frame::data(Bytes::from(c.to_string()))))
+            .collect();
+        let body = Body::new(http_body_util::StreamBody::new(tokio_stream::iter(frames)));
+        let mut o = JsonObjects::new(body, 64);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut out = Vec::new();
+            for _ in 0..16 {
+                match o.next::<T>().await? {
+                    Some(v) => out.push(v),
+                    None => return Ok(out),
+                }
+            }
+            panic!("more than 16 objects");
+        })
+    }
+
+    #[test]
+    fn stream_bodies_split_into_objects_whatever_the_frames() {
+        let want = vec![
+            serde_json::json!({"a": "}{\"", "b": [1, {"c": 2}]}),
+            serde_json::json!({"ID": "7"}),
+        ];
+        let text = r#" {"a":"}{\"","b":[1,{"c":2}]}
+{"ID":"7"} "#;
+        assert_eq!(objects::<serde_json::Value>(&[text]).unwrap(), want);
+        // One byte per frame.
+        let bytes: Vec<String> = text.chars().map(String::from).collect();
+        let frames: Vec<&str> = bytes.iter().map(String::as_str).collect();
+        assert_eq!(objects::<serde_json::Value>(&frames).unwrap(), want);
+        assert_eq!(
+            objects::<serde_json::Value>(&[]).unwrap(),
+            Vec::<serde_json::Value>::new()
+        );
+        assert_eq!(
+            objects::<serde_json::Value>(&["  \n"]).unwrap(),
+            Vec::<serde_json::Value>::new()
+        );
+        // Bad JSON, a cut object, a scalar, too long an object.
+        for bad in [
+            &["{bad}"][..],
+            &[r#"{"a":1"#],
+            &["5"],
+            &[r#"{"a":""#, &"x".repeat(70), "\"}"],
+        ] {
+            let e = objects::<LeaseKeepAliveRequest>(bad).unwrap_err();
+            assert!(
+                matches!(
+                    e.code(),
+                    tonic::Code::InvalidArgument | tonic::Code::ResourceExhausted
+                ),
+                "{bad:?}: {e:?}"
+            );
+        }
     }
 
     #[test]
