@@ -163,7 +163,17 @@ fn the_json_gateway_serves_kv_watch_lease_status_and_members_beside_grpc() {
     let ev = watch.next_result();
     assert_eq!(ev["events"][0]["kv"]["key"], foo, "{ev}");
     assert_eq!(ev["events"][0]["kv"]["value"], bar, "{ev}");
+    // The client goes away: the replica ends the watch stream.
+    assert_eq!(c.metric(1, "bftd_watch_streams "), 1);
     drop(watch);
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while c.metric(1, "bftd_watch_streams ") != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the watch stream outlived its client"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 
     // txn on replica 3: compare the value, put on success.
     let txn = ok(
