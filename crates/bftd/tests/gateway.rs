@@ -234,7 +234,9 @@ fn the_json_gateway_serves_kv_watch_lease_status_and_members_beside_grpc() {
     assert_eq!(code, 400);
     assert_eq!(c.wait_converged(Duration::from_secs(10)).0, before);
 
-    // Leases: grant, a key on it, timetolive, revoke.
+    // Leases: grant, a key on it, timetolive, revoke. TimeToLive and
+    // Leases answer from the replica's own state (as etcd's members do),
+    // so they are asked of the replica that made the change.
     let grant = ok(a[2], "/v3/lease/grant", r#"{"TTL":"60"}"#);
     let id = grant["ID"]
         .as_str()
@@ -250,7 +252,7 @@ fn the_json_gateway_serves_kv_watch_lease_status_and_members_beside_grpc() {
         ),
     );
     let ttl = ok(
-        a[3],
+        a[2],
         "/v3/lease/timetolive",
         &format!(r#"{{"ID":"{id}","keys":true}}"#),
     );
@@ -258,11 +260,11 @@ fn the_json_gateway_serves_kv_watch_lease_status_and_members_beside_grpc() {
     let left: i64 = ttl["TTL"].as_str().unwrap().parse().unwrap();
     assert!((1..=60).contains(&left), "{ttl}");
     assert_eq!(ttl["keys"][0], b64("leased"));
-    let leases = ok(a[0], "/v3/lease/leases", "{}");
+    let leases = ok(a[2], "/v3/lease/leases", "{}");
     assert_eq!(leases["leases"][0]["ID"], id);
-    ok(a[0], "/v3/kv/lease/revoke", &format!(r#"{{"ID":"{id}"}}"#));
+    ok(a[2], "/v3/kv/lease/revoke", &format!(r#"{{"ID":"{id}"}}"#));
     let ttl = ok(
-        a[3],
+        a[2],
         "/v3/kv/lease/timetolive",
         &format!(r#"{{"ID":"{id}"}}"#),
     );
@@ -273,7 +275,7 @@ fn the_json_gateway_serves_kv_watch_lease_status_and_members_beside_grpc() {
         &format!(r#"{{"key":"{}"}}"#, b64("leased")),
     );
     assert!(range.get("kvs").is_none(), "{range}");
-    let (code, e) = post(a[0], "/v3/lease/revoke", &format!(r#"{{"ID":"{id}"}}"#));
+    let (code, e) = post(a[2], "/v3/lease/revoke", &format!(r#"{{"ID":"{id}"}}"#));
     assert_eq!((code, e["code"].as_i64()), (404, Some(5)), "{e}");
 
     // Status and members.
