@@ -31,7 +31,8 @@
 //! too large` (400); the JSON body is read no further than
 //! [`JSON_BYTES_PER_MESSAGE_BYTE`] times the message limit.
 //!
-//! Streams (`/v3/watch`, `/v3/lease/keepalive`): the body is one or more
+//! Streams (`/v3/watch`, `/v3/lease/keepalive`; `/v3/maintenance/snapshot`
+//! answers as a stream too): the body is one or more
 //! JSON request objects; the answer is a chunked stream of
 //! `{"result":{...}}\n` objects, one per response and one HTTP chunk
 //! each, and `{"error":{"grpc_code":N,"http_code":H,"message":M,"http_status":S}}\n`
@@ -198,6 +199,7 @@ fn api_routes<B: Backend>(p: &str, gw: Gw<EtcdApi<B>>) -> Router {
             &route("/maintenance/hashkv"),
             unary!(Api<B>, Maintenance, hash_kv),
         )
+        .route(&route("/maintenance/snapshot"), post(snapshot::<B>))
         .with_state(gw)
 }
 
@@ -654,6 +656,25 @@ async fn watch<B: Backend>(State(gw): State<Gw<EtcdApi<B>>>, req: Request) -> Re
     }
 }
 
+/// `POST /v3/maintenance/snapshot`: etcd's Snapshot as a stream of JSON
+/// lines (`{"result":{"remaining_bytes":"..","blob":"<base64>"}}`), the
+/// same bftd snapshot file gRPC streams.
+async fn snapshot<B: Backend>(State(gw): State<Gw<EtcdApi<B>>>, req: Request) -> Response {
+    let (mut parts, body) = req.into_parts();
+    let json_max = JSON_BYTES_PER_MESSAGE_BYTE * gw.message_bytes_max;
+    let msg = match read_body(body, json_max)
+        .await
+        .and_then(|b| from_json::<SnapshotRequest>(&b))
+    {
+        Ok(m) => m,
+        Err(s) => return error_response(&s),
+    };
+    match Maintenance::snapshot(&gw.svc, grpc_request(&mut parts, msg)).await {
+        Ok(r) => stream_response(r.into_inner()),
+        Err(s) => error_response(&s),
+    }
+}
+
 /// `POST /v3/lease/keepalive`: etcd's LeaseKeepAlive as a stream of JSON
 /// lines; it ends once every keep-alive of the body was answered.
 async fn keep_alive<B: Backend>(State(gw): State<Gw<EtcdApi<B>>>, req: Request) -> Response {
@@ -1066,6 +1087,26 @@ mod tests {
     }
 
     #[test]
+    fn the_authorization_header_is_the_token_and_extensions_travel() {
+        #[derive(Clone, Debug, PartialEq)]
+        struct Conn(u32);
+        let mut req = http::Request::builder()
+            .header(header::AUTHORIZATION, "abc.123")
+            .body(())
+            .unwrap();
+        req.extensions_mut().insert(Conn(7));
+        let (mut parts, ()) = req.into_parts();
+        let r = grpc_request(&mut parts, RangeRequest::default());
+        assert_eq!(r.metadata().get("token").unwrap(), "abc.123");
+        assert_eq!(r.extensions().get::<Conn>(), Some(&Conn(7)));
+        let (mut parts, ()) = http::Request::new(()).into_parts();
+        assert!(grpc_request(&mut parts, ())
+            .metadata()
+            .get("token")
+            .is_none());
+    }
+
+    #[test]
     fn bad_json_and_bad_base64_are_invalid_argument() {
         for body in [
             &br#"{bad"#[..],
@@ -1198,6 +1239,14 @@ mod tests {
             assert_eq!(v, r#"{"etcdserver":"3.5.13","etcdcluster":"3.5.0"}"#);
             assert_eq!(http(addr, "GET", "/v3/kv/range", b"").0, 405);
             assert_eq!(http(addr, "POST", "/v3alpha/kv/range", b"{}").0, 404);
+            // Snapshot: chunks of the file, base64, the last one with
+            // remaining_bytes 0 left out.
+            let (code, snap) = http(addr, "POST", "/v3/maintenance/snapshot", b"{}");
+            assert_eq!(code, 200);
+            let chunks: Vec<_> = snap.lines().map(json).collect();
+            assert!(chunks.len() >= 2, "{snap}");
+            assert!(chunks.iter().all(|c| c["result"]["blob"].is_string()), "{snap}");
+            assert!(chunks.last().unwrap()["result"].get("remaining_bytes").is_none());
             let (code, h) = http(addr, "GET", "/health", b"");
             assert_eq!((code, json(&h)["health"].as_str()), (200, Some("true")));
             true
