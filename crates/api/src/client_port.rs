@@ -20,7 +20,9 @@
 //!   MaxConnectionIdle: idle since the last request finished or since the
 //!   connection opened). A connection that never sends the HTTP/2 preface
 //!   is idle from the start.
-//! - [`ConnLayer`] counts requests in flight per connection and meters
+//! - [`ConnLayer`] counts requests in flight per connection (a request is
+//!   in flight until its response body ends, so an open watch or
+//!   keep-alive stream keeps its connection from the idle timeout) and meters
 //!   request bytes: each gRPC message is charged its declared length as
 //!   soon as its 5-byte prefix arrives (before tonic reserves a buffer of
 //!   that length), released when the request has finished. A message that
@@ -28,7 +30,9 @@
 //!   [`ApiLimits::request_bytes_pending_per_connection_max`], or the server
 //!   above [`ApiLimits::request_bytes_pending_max`], fails its stream with
 //!   ResourceExhausted ("etcdserver: too many requests") and frees what it
-//!   held.
+//!   held. A request that is not gRPC (the JSON gateway: no
+//!   `application/grpc` content type) is charged its body bytes as they
+//!   arrive, under the same budgets.
 //!
 //! - TLS ([`Incoming::with_tls`]): each admitted connection does its
 //!   handshake on a task of its own, so a slow or silent handshaker never
@@ -773,6 +777,9 @@ struct MeteredBody {
     prefix_filled: usize,
     /// Bytes of the current message still to come.
     message_left: usize,
+    /// The body is gRPC's length-prefixed messages; else (the JSON
+    /// gateway) every byte is charged as it arrives.
+    grpc_framed: bool,
     failed: bool,
 }
 
@@ -780,6 +787,9 @@ impl MeteredBody {
     /// Walks `data` through the message framing; false when a message did
     /// not fit the budget.
     fn meter(&mut self, mut data: &[u8]) -> bool {
+        if !self.grpc_framed {
+            return self.charge.add(data.len());
+        }
         // Each pass consumes at least one byte.
         while !data.is_empty() {
             if self.message_left > 0 {
@@ -874,16 +884,18 @@ pub struct ConnService<S> {
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
-impl<S, R> tower_service::Service<http::Request<tonic::body::Body>> for ConnService<S>
+impl<S> tower_service::Service<http::Request<tonic::body::Body>> for ConnService<S>
 where
-    S: tower_service::Service<http::Request<tonic::body::Body>, Response = R>,
+    S: tower_service::Service<
+        http::Request<tonic::body::Body>,
+        Response = http::Response<tonic::body::Body>,
+    >,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
-    R: Send + 'static,
 {
-    type Response = R;
+    type Response = http::Response<tonic::body::Body>;
     type Error = S::Error;
-    type Future = BoxFuture<Result<R, S::Error>>;
+    type Future = BoxFuture<Result<Self::Response, S::Error>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -894,6 +906,10 @@ where
             // Not from `incoming` (e.g. a test server): nothing to meter.
             return Box::pin(self.inner.call(req));
         };
+        let grpc_framed = req
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
         let in_flight = InFlight::begin(conn.clone());
         let charge = Arc::new(Charge {
             conn,
@@ -907,16 +923,53 @@ where
                 prefix: [0; 5],
                 prefix_filled: 0,
                 message_left: 0,
+                grpc_framed,
                 failed: false,
             })
         });
         let fut = self.inner.call(req);
         Box::pin(async move {
             let r = fut.await;
-            drop(in_flight);
             drop(charge);
-            r
+            // The request stays in flight until its response body ends: a
+            // quiet watch (or keep-alive) stream keeps its connection from
+            // the idle timeout, as an open stream does in gRPC-go.
+            r.map(|resp| {
+                resp.map(|inner| {
+                    tonic::body::Body::new(InFlightBody {
+                        inner,
+                        _in_flight: in_flight,
+                    })
+                })
+            })
         })
+    }
+}
+
+/// A response body that holds its request's [`InFlight`] until it is
+/// dropped (ended, or the client went away).
+struct InFlightBody {
+    inner: tonic::body::Body,
+    _in_flight: InFlight,
+}
+
+impl http_body::Body for InFlightBody {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, tonic::Status>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

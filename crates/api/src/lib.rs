@@ -8,6 +8,8 @@
 //!   revisions and watches.
 //! - [`lease`]: the Lease service and this replica's lessor (expiry votes
 //!   by its clock, keep-alives renewed in groups).
+//! - [`gateway`]: etcd's JSON gateway (`POST /v3/kv/range`, `/v3/watch`,
+//!   ...), on the client port beside gRPC.
 //! - [`http`]: `/status` (JSON), `/metrics` (Prometheus text), `/healthz`.
 //! - [`health`]: the gRPC health service (`grpc.health.v1.Health`).
 //! - [`snapshot`]: Maintenance.Snapshot's stream and file format.
@@ -24,6 +26,7 @@ pub mod auth;
 pub mod backend;
 pub mod client_port;
 pub mod concurrency;
+pub mod gateway;
 pub mod grpc;
 pub mod health;
 pub mod http;
@@ -48,6 +51,14 @@ use std::sync::Arc;
 /// [`client_port`]), and the gRPC health service (see [`health`]).
 /// `table` holds the open connections (make it with
 /// [`client_port::ConnTable::new`]; its stats are the port's metrics).
+///
+/// One listener serves gRPC (HTTP/2) and etcd's JSON gateway (HTTP/1.1 or
+/// HTTP/2, see [`gateway`]), as etcd multiplexes them: requests are routed
+/// by path (`/etcdserverpb.KV/Range` vs `/v3/kv/range`), and every limit
+/// of the port (connection table, idle timeout, request bytes in flight,
+/// HTTP/2 streams, windows, keepalive, header list size) applies to both.
+/// An unknown path answers gRPC's Unimplemented to a gRPC request, 404 to
+/// anything else.
 pub async fn serve_grpc<B: Backend>(
     listener: tokio::net::TcpListener,
     backend: Arc<B>,
@@ -92,18 +103,8 @@ where
     let api = EtcdApi::new(backend, limits);
     let msg_max = limits.grpc_message_bytes_max();
     let lessor = tokio::spawn(lease::run_lessor(api.clone()));
-    let served = tonic::transport::Server::builder()
-        .max_concurrent_streams(limits.http2_max_concurrent_streams)
-        .initial_stream_window_size(limits.http2_stream_window_bytes)
-        .initial_connection_window_size(limits.http2_connection_window_bytes)
-        .http2_adaptive_window(Some(false))
-        // Dead peers: a PING unanswered for 20 s closes the connection
-        // (etcd's --grpc-keepalive-timeout); idle live ones are closed by
-        // the idle timeout instead.
-        .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
-        .http2_max_header_list_size(HTTP2_HEADER_LIST_BYTES_MAX)
-        .layer(client_port::ConnLayer)
+    let mut routes = tonic::service::Routes::builder();
+    routes
         .add_service(KvServer::new(api.clone()).max_decoding_message_size(msg_max))
         .add_service(MaintenanceServer::new(api.clone()).max_decoding_message_size(msg_max))
         .add_service(WatchServer::new(api.clone()).max_decoding_message_size(msg_max))
@@ -120,8 +121,26 @@ where
             etcdserverpb::auth_server::AuthServer::new(api.clone())
                 .max_decoding_message_size(msg_max),
         )
-        .add_service(ClusterServer::new(api).max_decoding_message_size(msg_max))
-        .add_service(health_service)
+        .add_service(ClusterServer::new(api.clone()).max_decoding_message_size(msg_max))
+        .add_service(health_service);
+    let mut routes = routes.routes();
+    let grpc = std::mem::take(routes.axum_router_mut());
+    *routes.axum_router_mut() = grpc.merge(gateway::router(api)).fallback(gateway::fallback);
+    let served = tonic::transport::Server::builder()
+        // The JSON gateway's HTTP/1.1 clients (curl, etcd3gw, Patroni).
+        .accept_http1(true)
+        .max_concurrent_streams(limits.http2_max_concurrent_streams)
+        .initial_stream_window_size(limits.http2_stream_window_bytes)
+        .initial_connection_window_size(limits.http2_connection_window_bytes)
+        .http2_adaptive_window(Some(false))
+        // Dead peers: a PING unanswered for 20 s closes the connection
+        // (etcd's --grpc-keepalive-timeout); idle live ones are closed by
+        // the idle timeout instead.
+        .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
+        .http2_max_header_list_size(HTTP2_HEADER_LIST_BYTES_MAX)
+        .layer(client_port::ConnLayer)
+        .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     health_task.abort();

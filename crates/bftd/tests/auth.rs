@@ -103,7 +103,7 @@ fn a_user_limited_to_a_prefix_reads_and_writes_only_there_once_auth_is_enabled()
     // A watch outside her prefix is refused; inside it sees events.
     let (success, out) = as_user(e0, ALICE, &["watch", "secret"]);
     assert!(!success && out.contains("permission denied"), "{out}");
-    let mut w = EtcdctlChild::spawn(e0, &["--user=alice:alicepw", "watch", "app/", "--prefix"]);
+    let w = EtcdctlChild::spawn(e0, &["--user=alice:alicepw", "watch", "app/", "--prefix"]);
     // etcdctl prints nothing on create: write until the watch sees it.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let seen = loop {

@@ -55,15 +55,18 @@ pub mod pb {
     /// etcd's `mvccpb` package: `KeyValue`, `Event`.
     pub mod mvccpb {
         include!(concat!(env!("OUT_DIR"), "/mvccpb.rs"));
+        include!(concat!(env!("OUT_DIR"), "/mvccpb.serde.rs"));
     }
     /// etcd's `authpb` package: `User`, `Role`, `Permission`.
     pub mod authpb {
         include!(concat!(env!("OUT_DIR"), "/authpb.rs"));
+        include!(concat!(env!("OUT_DIR"), "/authpb.serde.rs"));
     }
     /// etcd's `etcdserverpb` package: requests, responses and enums of the
     /// KV, Watch, Lease, Cluster, Maintenance and Auth services.
     pub mod etcdserverpb {
         include!(concat!(env!("OUT_DIR"), "/etcdserverpb.rs"));
+        include!(concat!(env!("OUT_DIR"), "/etcdserverpb.serde.rs"));
     }
     /// bftd's replicated commands: `Command`, `CommandBatch`.
     pub mod bftdkv {
