@@ -10,6 +10,7 @@ command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)   # a real third-party
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)      # baseline for perf/ benchmarks
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler) # etcd-client crate's build script
 command -v ip >/dev/null 2>&1 || need+=(iproute2)           # network-namespace fault tests
+command -v curl >/dev/null 2>&1 || need+=(curl)             # TLS status port and JSON gateway tests
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing test dependencies: ${need[*]}"
     SUDO=""

@@ -120,6 +120,40 @@ fn etcdctl_over_mutual_tls_serves_every_command_and_refuses_untrusted_clients() 
     // KV, txn, compaction.
     assert_eq!(ok_ctl(&ep[0], &creds, &["put", "foo", "bar"]).trim(), "OK");
     assert_eq!(ok_ctl(&ep[3], &creds, &["get", "foo"]), "foo\nbar\n");
+    // The JSON gateway shares the port, and its TLS (curl: HTTP/1.1 by ALPN).
+    let d = tls_dir(&c);
+    let (ca, cert, key) = (
+        d.join("ca.pem"),
+        d.join("client.pem"),
+        d.join("client-key.pem"),
+    );
+    let (ok, out) = curl(&[
+        "--cacert",
+        ca.to_str().unwrap(),
+        "--cert",
+        cert.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+        "-X",
+        "POST",
+        &format!("{}/v3/kv/range", ep[2]),
+        "-d",
+        r#"{"key":"Zm9v"}"#,
+    ]);
+    assert!(
+        ok && out.contains(r#""value":"YmFy""#),
+        "gateway over TLS: {out}"
+    );
+    let (ok, out) = curl(&[
+        "--cacert",
+        ca.to_str().unwrap(),
+        "-X",
+        "POST",
+        &format!("{}/v3/kv/range", ep[2]),
+        "-d",
+        r#"{"key":"Zm9v"}"#,
+    ]);
+    assert!(!ok, "the gateway without a client certificate: {out}");
     ok_ctl(&ep[2], &creds, &["put", "foo2", "baz"]);
     assert_eq!(
         ok_ctl(&ep[1], &creds, &["get", "--prefix", "foo"]),
