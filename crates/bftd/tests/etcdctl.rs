@@ -84,7 +84,11 @@ fn etcdctl_reads_writes_txns_deletes_and_admin_commands_work_across_endpoints() 
         assert!(members.contains(&format!("http://{e}")), "{members}");
     }
     // What bftd does not serve yet says so, as etcd would for an unknown RPC.
-    let (ok, out) = etcdctl(&ep[0], &["user", "list"], None);
+    let (ok, out) = etcdctl(
+        &ep[0],
+        &["member", "add", "extra", "--peer-urls=http://127.0.0.1:1"],
+        None,
+    );
     assert!(!ok && out.contains("Unimplemented"), "{out}");
     let (rev, digest) = c.wait_converged(Duration::from_secs(10));
     let hashes = ok_etcdctl(&all, &["endpoint", "hashkv"]);
