@@ -215,6 +215,15 @@ impl<B: Backend> EtcdApi<B> {
         Ok(user)
     }
 
+    /// Orders the auth change `req` carries, as its caller.
+    async fn change_for<T: Into<Command>>(
+        &self,
+        req: Request<T>,
+    ) -> Result<Option<ResponseHeader>, Status> {
+        let user = self.caller(&req)?;
+        self.change(user, req.into_inner().into()).await.map(Some)
+    }
+
     async fn change(&self, req_user: String, command: Command) -> Result<ResponseHeader, Status> {
         match self.run_as(req_user, command).await? {
             kv::Response::Auth(r) => Ok(r.header.unwrap_or_default()),
@@ -243,22 +252,16 @@ impl<B: Backend> Auth for EtcdApi<B> {
         &self,
         req: Request<AuthEnableRequest>,
     ) -> Result<Response<AuthEnableResponse>, Status> {
-        let user = self.caller(&req)?;
-        let header = self.change(user, req.into_inner().into()).await?;
-        Ok(Response::new(AuthEnableResponse {
-            header: Some(header),
-        }))
+        let header = self.change_for(req).await?;
+        Ok(Response::new(AuthEnableResponse { header }))
     }
 
     async fn auth_disable(
         &self,
         req: Request<AuthDisableRequest>,
     ) -> Result<Response<AuthDisableResponse>, Status> {
-        let user = self.caller(&req)?;
-        let header = self.change(user, req.into_inner().into()).await?;
-        Ok(Response::new(AuthDisableResponse {
-            header: Some(header),
-        }))
+        let header = self.change_for(req).await?;
+        Ok(Response::new(AuthDisableResponse { header }))
     }
 
     async fn auth_status(
@@ -357,11 +360,8 @@ impl<B: Backend> Auth for EtcdApi<B> {
         &self,
         req: Request<AuthUserDeleteRequest>,
     ) -> Result<Response<AuthUserDeleteResponse>, Status> {
-        let user = self.caller(&req)?;
-        let header = self.change(user, req.into_inner().into()).await?;
-        Ok(Response::new(AuthUserDeleteResponse {
-            header: Some(header),
-        }))
+        let header = self.change_for(req).await?;
+        Ok(Response::new(AuthUserDeleteResponse { header }))
     }
 
     async fn user_change_password(
@@ -388,33 +388,24 @@ impl<B: Backend> Auth for EtcdApi<B> {
         &self,
         req: Request<AuthUserGrantRoleRequest>,
     ) -> Result<Response<AuthUserGrantRoleResponse>, Status> {
-        let user = self.caller(&req)?;
-        let header = self.change(user, req.into_inner().into()).await?;
-        Ok(Response::new(AuthUserGrantRoleResponse {
-            header: Some(header),
-        }))
+        let header = self.change_for(req).await?;
+        Ok(Response::new(AuthUserGrantRoleResponse { header }))
     }
 
     async fn user_revoke_role(
         &self,
         req: Request<AuthUserRevokeRoleRequest>,
     ) -> Result<Response<AuthUserRevokeRoleResponse>, Status> {
-        let user = self.caller(&req)?;
-        let header = self.change(user, req.into_inner().into()).await?;
-        Ok(Response::new(AuthUserRevokeRoleResponse {
-            header: Some(header),
-        }))
+        let header = self.change_for(req).await?;
+        Ok(Response::new(AuthUserRevokeRoleResponse { header }))
     }
 
     async fn role_add(
         &self,
         req: Request<AuthRoleAddRequest>,
     ) -> Result<Response<AuthRoleAddResponse>, Status> {
-        let user = self.caller(&req)?;
-        let header = self.change(user, req.into_inner().into()).await?;
-        Ok(Response::new(AuthRoleAddResponse {
-            header: Some(header),
-        }))
+        let header = self.change_for(req).await?;
+        Ok(Response::new(AuthRoleAddResponse { header }))
     }
 
     async fn role_get(
@@ -462,33 +453,24 @@ impl<B: Backend> Auth for EtcdApi<B> {
         &self,
         req: Request<AuthRoleDeleteRequest>,
     ) -> Result<Response<AuthRoleDeleteResponse>, Status> {
-        let user = self.caller(&req)?;
-        let header = self.change(user, req.into_inner().into()).await?;
-        Ok(Response::new(AuthRoleDeleteResponse {
-            header: Some(header),
-        }))
+        let header = self.change_for(req).await?;
+        Ok(Response::new(AuthRoleDeleteResponse { header }))
     }
 
     async fn role_grant_permission(
         &self,
         req: Request<AuthRoleGrantPermissionRequest>,
     ) -> Result<Response<AuthRoleGrantPermissionResponse>, Status> {
-        let user = self.caller(&req)?;
-        let header = self.change(user, req.into_inner().into()).await?;
-        Ok(Response::new(AuthRoleGrantPermissionResponse {
-            header: Some(header),
-        }))
+        let header = self.change_for(req).await?;
+        Ok(Response::new(AuthRoleGrantPermissionResponse { header }))
     }
 
     async fn role_revoke_permission(
         &self,
         req: Request<AuthRoleRevokePermissionRequest>,
     ) -> Result<Response<AuthRoleRevokePermissionResponse>, Status> {
-        let user = self.caller(&req)?;
-        let header = self.change(user, req.into_inner().into()).await?;
-        Ok(Response::new(AuthRoleRevokePermissionResponse {
-            header: Some(header),
-        }))
+        let header = self.change_for(req).await?;
+        Ok(Response::new(AuthRoleRevokePermissionResponse { header }))
     }
 }
 
