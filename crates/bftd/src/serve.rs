@@ -40,6 +40,7 @@ pub fn run(
         nic: running.nic.clone(),
         faults: fault_injection.then(|| running.faults.clone()),
         hist: running.hist.clone(),
+        client_port: Default::default(),
     });
     let fd_limit = raise_open_files_limit();
     let a = &config.api;
@@ -71,6 +72,10 @@ pub fn run(
         "client port limits"
     );
     let client_table = api::client_port::ConnTable::new(&limits);
+    assert!(
+        observer.client_port.set(client_table.clone()).is_ok(),
+        "the client port is set once"
+    );
     let (client_tls, http_tls) = load_tls(&config, id)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -263,6 +263,10 @@ fn etcdctl_over_mutual_tls_serves_every_command_and_refuses_untrusted_clients() 
     let (ok, out) = etcdctl(&plain[1], &args, None);
     assert!(!ok, "plaintext on the TLS port was served: {out}");
     assert_eq!(ok_ctl(&ep[0], &creds, &["get", "refused"]), "");
+    // Both refusals at replica 0 are on its dashboard.
+    assert!(c.metric(0, "bftd_client_tls_handshakes_failed_total") >= 2);
+    assert!(c.metric(0, "bftd_client_tls_handshakes_total") >= 1);
+    assert!(c.metric(0, "bftd_client_connections_accepted_total") >= 3);
 
     // The plaintext listener beside TLS serves the same store.
     let plain_ep = format!("127.0.0.1:{plain_port}");

@@ -543,6 +543,9 @@ pub struct Observer {
     /// Set only with `bftd run --fault-injection` (tests).
     pub faults: Option<nic::FaultSwitch>,
     pub hist: Arc<Histograms>,
+    /// The client port's connection table, once it exists (its counters
+    /// are exported as `bftd_client_*`).
+    pub client_port: std::sync::OnceLock<Arc<api::client_port::ConnTable>>,
 }
 
 impl std::fmt::Debug for Observer {
@@ -677,8 +680,65 @@ impl Source for Observer {
             "Snapshot chunks ignored (not asked for, not from the asked source)",
             c.transfer_ignored_chunks,
         ));
-        let w = &api::watch::STATS;
         let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.client_port.get() {
+            let p = &t.stats;
+            v.push(Sample::gauge(
+                "client_connections_open",
+                "Client port connections open (TLS handshakes included)",
+                load(&p.connections_open),
+            ));
+            for (name, help, c) in [
+                (
+                    "client_connections_accepted",
+                    "Client connections accepted",
+                    &p.connections_accepted,
+                ),
+                (
+                    "client_connections_refused",
+                    "Client connections closed at once: the table was full and none idle",
+                    &p.connections_refused,
+                ),
+                (
+                    "client_connections_evicted",
+                    "Idle client connections closed to make room",
+                    &p.connections_evicted,
+                ),
+                (
+                    "client_connections_idle_closed",
+                    "Client connections closed after client_idle_timeout",
+                    &p.connections_idle_closed,
+                ),
+                (
+                    "client_accept_errors",
+                    "Failed accepts on the client port (EMFILE, ...)",
+                    &p.accept_errors,
+                ),
+                (
+                    "client_streams_over_budget",
+                    "Requests failed because a request-bytes budget was full",
+                    &p.streams_over_budget,
+                ),
+                (
+                    "client_tls_handshakes",
+                    "TLS handshakes completed on the client port",
+                    &p.tls_handshakes,
+                ),
+                (
+                    "client_tls_handshakes_failed",
+                    "TLS handshakes failed (bad or missing client certificate, not TLS, closed)",
+                    &p.tls_handshakes_failed,
+                ),
+                (
+                    "client_tls_handshakes_timed_out",
+                    "TLS handshakes abandoned after the handshake timeout",
+                    &p.tls_handshakes_timed_out,
+                ),
+            ] {
+                v.push(Sample::counter(name, help, load(c)));
+            }
+        }
+        let w = &api::watch::STATS;
         v.push(Sample::gauge(
             "watch_streams",
             "Watch streams open",
