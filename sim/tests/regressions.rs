@@ -430,3 +430,22 @@ fn a_state_transfer_does_not_end_before_n_minus_f_replicas_answered() {
 fn a_replica_restarted_from_a_checkpoint_at_its_last_decision_can_serve_it() {
     assert_clean(&[run(26977, Profile::Full, None)]);
 }
+
+/// control (liveness): the leader-throughput monitor (Aardvark) judged a
+/// new regency by a window that began when the regency was entered, before
+/// its SYNC: a leader whose SYNC and first instance take longer than one
+/// window (21 ticks here, message delays up to 8) executed nothing in it
+/// and was replaced, and so was every next one, forever (349 regencies in
+/// 10,900 ticks, two writes never answered). Seed 109838 of the soak
+/// (default profile, n=7, r2 silent, r5 floods requests). Fixed: a
+/// regency's first window starts when its SYNC is applied, and a window
+/// doubles with every regency that executed nothing (up to 64 times), as
+/// the SYNC timeout does, so some correct leader gets the time it needs.
+#[test]
+fn a_new_leader_gets_a_full_throughput_window_after_its_sync() {
+    assert_clean(&[run_pinned(
+        109838,
+        Profile::Default,
+        &[(2, Behavior::Silent), (5, Behavior::RequestFlood)],
+    )]);
+}

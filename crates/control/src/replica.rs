@@ -121,6 +121,14 @@ enum Phase {
 struct Monitor {
     window_start_tick: u64,
     executed_at_window_start: u64,
+    /// Requests executed when the current regency was entered.
+    executed_at_regency_start: u64,
+    /// Consecutive regencies, up to the current one, in which this replica
+    /// executed nothing: each doubles the window (up to 64 times), as
+    /// consecutive failed syncs double the SYNC timeout, so that under
+    /// eventual synchrony some correct leader gets a window long enough
+    /// for its first instances.
+    unproductive_regencies: u32,
     /// Best window throughput of the current regency (requests executed).
     best_current: u64,
     /// Best window throughput of recent earlier regencies (newest last).
@@ -1112,9 +1120,13 @@ impl Replica {
 
     /// Aardvark: at the end of each window, a backup compares the requests
     /// executed in it with the best windows of recent regencies; a leader far
-    /// below while requests wait is replaced.
+    /// below while requests wait is replaced. A regency's first window
+    /// starts when its SYNC is applied (`apply_plan`), not when it was
+    /// entered, and the window doubles with each consecutive regency that
+    /// executed nothing (regression seed 109838: a fixed window shorter
+    /// than a SYNC plus one instance replaced every leader forever).
     fn monitor_throughput(&mut self, out: &mut Vec<Output>) {
-        let w = self.cfg.throughput_window_ticks;
+        let w = self.cfg.throughput_window_ticks << self.monitor.unproductive_regencies.min(6);
         if self.tick < self.monitor.window_start_tick + w {
             return;
         }
@@ -1265,6 +1277,12 @@ impl Replica {
         m.best_current = 0;
         m.window_start_tick = self.tick;
         m.executed_at_window_start = self.stats.requests_executed;
+        if self.stats.requests_executed == m.executed_at_regency_start {
+            m.unproductive_regencies = m.unproductive_regencies.saturating_add(1);
+        } else {
+            m.unproductive_regencies = 0;
+        }
+        m.executed_at_regency_start = self.stats.requests_executed;
         out.push(Output::Regency {
             regency,
             leader: self.leader(),
@@ -1375,6 +1393,10 @@ impl Replica {
     fn apply_plan(&mut self, plan: SyncPlan, stopdata: &[StopData], out: &mut Vec<Output>) {
         self.phase = Phase::Normal;
         self.failed_syncs = 0;
+        // The new leader is judged from here on: the ticks spent syncing
+        // are not its window.
+        self.monitor.window_start_tick = self.tick;
+        self.monitor.executed_at_window_start = self.stats.requests_executed;
         self.stats.syncs_applied += 1;
         // Every decision proof in the SYNC (verified by the dataplane) lets
         // this replica deliver that instance without state transfer.
