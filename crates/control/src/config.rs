@@ -43,7 +43,10 @@ pub struct Config {
     /// for the next regency; doubles with each consecutive failed regency.
     pub sync_timeout_ticks: u64,
     /// Length of one throughput observation window, ticks (Aardvark-style
-    /// leader monitoring).
+    /// leader monitoring). A regency's first window starts when its SYNC is
+    /// applied; the window doubles with each consecutive regency that
+    /// executed nothing (up to 64 times) and is back to this after one
+    /// that executed something.
     pub throughput_window_ticks: u64,
     /// A leader that delivers less than this percentage of the best window
     /// throughput of recent regencies, while requests wait, is replaced.
