@@ -227,6 +227,10 @@ fn etcdctl_over_mutual_tls_serves_every_command_and_refuses_untrusted_clients() 
         assert!(members.contains(e.as_str()), "https client URLs: {members}");
     }
     assert!(members.contains(&format!("http://127.0.0.1:{plain_port}")));
+    // Alarms (the etcdctl tests' last commands): none raised, disarm is a
+    // no-op.
+    assert_eq!(ok_ctl(&ep[1], &creds, &["alarm", "list"]), "");
+    assert_eq!(ok_ctl(&ep[1], &creds, &["alarm", "disarm"]), "");
     c.wait_converged(Duration::from_secs(10));
     let hashes = ok_ctl(&all, &creds, &["endpoint", "hashkv"]);
     let hashes: Vec<&str> = hashes
