@@ -449,3 +449,26 @@ fn a_new_leader_gets_a_full_throughput_window_after_its_sync() {
         &[(2, Behavior::Silent), (5, Behavior::RequestFlood)],
     )]);
 }
+
+/// control (liveness, open): seed 309961 of the soak (full profile, n=10,
+/// r2 out-of-order proofs, r3 and r8 flood requests, three crash-restarts).
+/// First cause, fixed: a PROPOSE that overtook its regency's SYNC was
+/// dropped, so no regency reached a WRITE quorum (114 decisions; control
+/// test `a_propose_that_overtakes_the_sync_is_taken_once_the_sync_is_applied`).
+/// With that fixed the cluster decides (305 decisions) and every replica is
+/// at the same cid, but two requests (c5#3 and c7#3, carried in every STOP)
+/// are never ordered and the regency keeps changing on their timeouts.
+/// Not yet diagnosed.
+#[test]
+#[ignore = "open liveness bug: two requests carried in STOPs are never ordered"]
+fn requests_carried_in_every_stop_are_eventually_ordered() {
+    assert_clean(&[run_pinned(
+        309961,
+        Profile::Full,
+        &[
+            (2, Behavior::OutOfOrderProof),
+            (3, Behavior::RequestFlood),
+            (8, Behavior::RequestFlood),
+        ],
+    )]);
+}

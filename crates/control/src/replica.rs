@@ -93,9 +93,11 @@ pub struct Stats {
     pub drop_stale_cid: u64,
     /// Messages for instances beyond the window.
     pub drop_future_cid: u64,
-    /// PROPOSEs not from the leader of their regency, or during a leader
-    /// change.
+    /// PROPOSEs not from the leader of their regency.
     pub drop_not_leader: u64,
+    /// PROPOSEs of the current leader that arrived before its SYNC, kept
+    /// until the SYNC is applied.
+    pub early_proposals: u64,
     /// PROPOSEs whose batch breaks the limits or repeats a request.
     pub drop_bad_batch: u64,
     /// A second, different PROPOSE for the same instance (equivocation).
@@ -186,6 +188,10 @@ pub struct Replica {
     fetching: BTreeMap<Cid, (Digest, u64)>,
     /// Values the applied SYNC chose that are being fetched: `cid -> digest`.
     pending_sync_values: BTreeMap<Cid, Digest>,
+    /// PROPOSEs of the current regency's leader that arrived while this
+    /// replica waited for the regency's SYNC (the network reordered them):
+    /// taken once the SYNC is applied. At most one per cid of the window.
+    early_proposals: BTreeMap<Cid, Propose>,
     /// The highest cid reported behind to the host.
     behind_reported: Cid,
     /// Decisions delivered since the newest checkpoint, oldest first
@@ -251,6 +257,7 @@ impl Replica {
             accepts_owed: BTreeMap::new(),
             fetching: BTreeMap::new(),
             pending_sync_values: BTreeMap::new(),
+            early_proposals: BTreeMap::new(),
             behind_reported: last_decided,
             log: VecDeque::new(),
             checkpoint: None,
@@ -705,8 +712,22 @@ impl Replica {
         if !self.admit(p.regency, p.cid, p.leader, out) {
             return;
         }
-        if p.leader != self.cfg.leader_of(p.regency) || self.is_syncing() {
+        if p.leader != self.cfg.leader_of(p.regency) {
             self.stats.drop_not_leader += 1;
+            return;
+        }
+        if self.is_syncing() {
+            // The leader sends its SYNC and its first PROPOSEs together;
+            // a PROPOSE that overtook the SYNC waits for it (seed 309961:
+            // every regency lost the PROPOSE at enough replicas to miss
+            // its WRITE quorum, forever). `admit` bounds the cid.
+            self.stats.early_proposals += 1;
+            self.early_proposals.entry(p.cid).or_insert(p);
+            return;
+        }
+        if self.pending_sync_values.contains_key(&p.cid) {
+            // The SYNC chose this cid's value: only that value is written.
+            self.stats.drop_equivocation += 1;
             return;
         }
         if !self.batch_is_valid(&p.batch) {
@@ -1266,6 +1287,7 @@ impl Replica {
         self.late_accepts.clear();
         self.accepts_owed.retain(|_, (r, _)| *r >= regency);
         self.pending_sync_values.clear();
+        self.early_proposals.clear();
         self.next_proposal = self.last_decided + 1;
         let m = &mut self.monitor;
         if m.best_current > 0 {
@@ -1439,6 +1461,9 @@ impl Replica {
         }
         self.next_proposal = self.next_proposal.max(top + 1).max(self.last_decided + 1);
         self.try_propose(out);
+        for (_, p) in std::mem::take(&mut self.early_proposals) {
+            self.on_propose(p, out);
+        }
     }
 
     /// Decisions up to `cid` exist that this replica lacks: start (or
