@@ -264,13 +264,7 @@ impl AuthStore {
             None | Some(Op::LeaseRenew(_)) | Some(Op::LeaseExpire(_)) => Ok(()),
             Some(Op::Range(r)) => self.check_range(user, Access::Read, &r.key, &r.range_end),
             Some(Op::Put(p)) => self.check_put(user, p, lease_keys),
-            Some(Op::DeleteRange(d)) => {
-                self.check_range(user, Access::Write, &d.key, &d.range_end)?;
-                if d.prev_kv {
-                    self.check_range(user, Access::Read, &d.key, &d.range_end)?;
-                }
-                Ok(())
-            }
+            Some(Op::DeleteRange(d)) => self.check_delete(user, d),
             Some(Op::Txn(t)) => self.check_txn(user, t, lease_keys),
             Some(Op::Compaction(_)) | Some(Op::LeaseGrant(_)) => self.known_user(user).map(|_| ()),
             Some(Op::LeaseRevoke(r)) => lease_keys(r.id)
@@ -309,6 +303,19 @@ impl AuthStore {
         Ok(())
     }
 
+    /// DeleteRange: write on the range, and read with `prev_kv`.
+    fn check_delete(
+        &self,
+        user: &str,
+        d: &crate::pb::etcdserverpb::DeleteRangeRequest,
+    ) -> Result<(), KvError> {
+        self.check_range(user, Access::Write, &d.key, &d.range_end)?;
+        if d.prev_kv {
+            self.check_range(user, Access::Read, &d.key, &d.range_end)?;
+        }
+        Ok(())
+    }
+
     fn check_txn(
         &self,
         user: &str,
@@ -327,13 +334,7 @@ impl AuthStore {
                     self.check_range(user, Access::Read, &r.key, &r.range_end)
                 }
                 Some(Request::RequestPut(p)) => self.check_put(user, p, lease_keys),
-                Some(Request::RequestDeleteRange(d)) => {
-                    self.check_range(user, Access::Write, &d.key, &d.range_end)?;
-                    if d.prev_kv {
-                        self.check_range(user, Access::Read, &d.key, &d.range_end)?;
-                    }
-                    Ok(())
-                }
+                Some(Request::RequestDeleteRange(d)) => self.check_delete(user, d),
                 Some(Request::RequestTxn(nested)) => self.check_txn(user, nested, lease_keys),
             })
     }
