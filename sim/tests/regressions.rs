@@ -450,23 +450,20 @@ fn a_new_leader_gets_a_full_throughput_window_after_its_sync() {
     )]);
 }
 
-/// control (liveness, open): seed 309961 of the soak (full profile, n=10,
-/// r2 out-of-order proofs, r3 and r8 flood requests, three crash-restarts).
-/// First cause, fixed: a PROPOSE that overtook its regency's SYNC was
-/// dropped, so no regency reached a WRITE quorum (114 decisions; control
-/// test `a_propose_that_overtakes_the_sync_is_taken_once_the_sync_is_applied`).
-/// With that fixed the cluster decides (305 decisions) and every replica is
-/// at the same cid, but two honest requests (c5#3, c7#3) are never ordered:
-/// every leader holds them behind ~85 flood requests of r3 and r8 (each
-/// flooder fills its per-client share of the pool, and batches are taken
-/// in arrival order, 2 requests per instance), a leader orders ~8 requests
-/// before the honest requests time out, and the next leader's pool has them
-/// as far back. Starvation by FIFO batching under a flood (issue 7 finding
-/// 3 bounded the pool per client, not the order). Fix to make: take batches
-/// round-robin over clients (oldest request of each), so a flooder gets one
-/// slot per round like everyone else.
+/// control (liveness): seed 309961 of the soak (full profile, n=10, r2
+/// out-of-order proofs, r3 and r8 flood requests, three crash-restarts).
+/// First cause: a PROPOSE that overtook its regency's SYNC was dropped, so
+/// no regency reached a WRITE quorum (114 decisions; control test
+/// `a_propose_that_overtakes_the_sync_is_taken_once_the_sync_is_applied`).
+/// Second cause: with that fixed the cluster decided (305 decisions) but
+/// two honest requests (c5#3, c7#3) were never ordered: every leader held
+/// them behind ~85 flood requests of r3 and r8 (each flooder filled its
+/// per-client share of the pool, batches were taken in arrival order, 2
+/// requests per instance), a leader ordered ~8 requests before the honest
+/// ones timed out, and the next leader's pool had them as far back.
+/// Fixed: batches are taken round-robin over clients (`control::pending`),
+/// so a flooder gets one slot per round like every other client.
 #[test]
-#[ignore = "open liveness bug: FIFO batching lets two flooders starve honest requests"]
 fn requests_carried_in_every_stop_are_eventually_ordered() {
     assert_clean(&[run_pinned(
         309961,
