@@ -113,6 +113,12 @@ pub enum Behavior {
     /// in the drawn pools (adding it would change what every seed draws);
     /// pinned by `tests/byzantine.rs`.
     EarlyLeaseExpiry,
+    /// A leader that stalls and passes the leadership on: whenever it
+    /// leads, it proposes nothing and at once asks (STOP) for the regency
+    /// led by the next colluder running this behaviour, or by the replica
+    /// after it when alone (etcd's MoveLeader, misused to escape request
+    /// timeouts). Not in the drawn pools; pinned by `tests/byzantine.rs`.
+    LeaderHandoff,
 }
 
 impl Behavior {
@@ -169,6 +175,7 @@ impl Behavior {
             Behavior::OutOfOrderProof => "out-of-order-proof",
             Behavior::RequestFlood => "request-flood",
             Behavior::EarlyLeaseExpiry => "early-lease-expiry",
+            Behavior::LeaderHandoff => "leader-handoff",
         }
     }
 
@@ -209,6 +216,7 @@ impl Behavior {
             Behavior::RequestFlood => Box::new(RequestFlood),
             // Its lie is in what its proxy orders (`Host::tick`).
             Behavior::EarlyLeaseExpiry => Box::new(Honest),
+            Behavior::LeaderHandoff => Box::new(LeaderHandoff::default()),
         }
     }
 }
@@ -241,6 +249,8 @@ pub struct Collusion {
     /// `(cid, digest)` a colluder filed a decision proof of another cid
     /// under: FETCHes for them are answered with that batch.
     pub misfiled: BTreeMap<(Cid, Digest), Arc<Batch>>,
+    /// The replicas running [`Behavior::LeaderHandoff`], in id order.
+    pub handoff: Vec<ReplicaId>,
 }
 
 /// Bound of each of the colluders' maps.
@@ -286,6 +296,9 @@ pub struct ByzStats {
     pub flood_requests: u64,
     /// Early lease expiry votes its proxy submitted.
     pub lease_votes: u64,
+    /// STOPs of a leader passing the leadership on, and PROPOSEs it
+    /// withheld.
+    pub handoffs: u64,
     /// FETCHes answered with a batch of the wrong digest.
     pub wrong_batches: u64,
 }
@@ -1049,6 +1062,66 @@ impl Middleware for StopDataLies {
         cx.remember_batches(&msg);
         self.collect_accept(cx, &msg);
         answer_misfiled(cx, &msg, emit);
+        Some(msg)
+    }
+}
+
+/// [`Behavior::LeaderHandoff`].
+#[derive(Default)]
+pub struct LeaderHandoff {
+    /// The regency it last passed on.
+    passed: Option<Regency>,
+}
+
+impl LeaderHandoff {
+    /// As leader of a regency not yet passed on: STOP for the regency the
+    /// next colluder (or the replica after this one) leads, to everyone.
+    fn pass_on(&mut self, cx: &mut Cx<'_>, emit: &mut Vec<Emit>) {
+        if cx.leader != cx.me || self.passed == Some(cx.regency) {
+            return;
+        }
+        self.passed = Some(cx.regency);
+        let n = cx.n as u16;
+        let next = cx
+            .board
+            .handoff
+            .iter()
+            .copied()
+            .find(|r| r.0 > cx.me.0)
+            .or_else(|| cx.board.handoff.first().copied().filter(|r| *r != cx.me))
+            .unwrap_or(ReplicaId((cx.me.0 + 1) % n));
+        let ahead = (next.0 + n - cx.me.0) % n;
+        let regency = cx.regency.saturating_add(Regency::from(ahead));
+        cx.stats.handoffs += 1;
+        for to in 0..n {
+            let stop = Message::Stop(Stop {
+                regency,
+                replica: cx.me,
+                requests: Vec::new(),
+            });
+            cx.emit(ReplicaId(to), stop, emit);
+        }
+    }
+}
+
+impl Middleware for LeaderHandoff {
+    fn outgoing(&mut self, cx: &mut Cx<'_>, to: ReplicaId, msg: Message, emit: &mut Vec<Emit>) {
+        self.pass_on(cx, emit);
+        if matches!(msg, Message::Propose(_)) {
+            cx.stats.handoffs += 1;
+            return;
+        }
+        cx.pass(to, msg, emit);
+    }
+
+    fn incoming(
+        &mut self,
+        cx: &mut Cx<'_>,
+        _from: ReplicaId,
+        msg: Message,
+        emit: &mut Vec<Emit>,
+    ) -> Option<Message> {
+        self.pass_on(cx, emit);
         Some(msg)
     }
 }

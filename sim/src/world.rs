@@ -266,6 +266,13 @@ impl World {
         let b_len = rng.range(1, correct_ids.len() as u64 - 1) as usize;
         board.b_side = correct_ids[..b_len].to_vec();
         board.b_side.sort();
+        board.handoff = params
+            .byzantine
+            .iter()
+            .filter(|(_, b)| *b == Behavior::LeaderHandoff)
+            .map(|(r, _)| *r)
+            .collect();
+        board.handoff.sort();
 
         let mut trace = Trace::new(options.verbose);
         trace.note(0, || format!("seed {seed}: {}", params.summary()));
@@ -756,6 +763,7 @@ impl World {
             t.chunks_injected += b.chunks_injected;
             t.flood_requests += b.flood_requests;
             t.lease_votes += b.lease_votes;
+            t.handoffs += b.handoffs;
             t.wrong_batches += b.wrong_batches;
         }
         s

@@ -463,3 +463,31 @@ fn f_byzantine_replicas_and_every_correct_replica_crashing_stay_safe_and_live() 
     check(&reports);
     assert!(reports.iter().all(|r| r.stats.restarts as usize >= 3));
 }
+
+/// f colluding leaders, the first ones (replica 0 leads regency 0), each of
+/// which stalls and at once passes the leadership to the next colluder
+/// (etcd's MoveLeader misused: a new regency restarts the request
+/// timeouts). The correct replicas join a leader's move only while no
+/// request has waited a request timeout since it arrived
+/// (`control::Replica::move_leader`), so the chain ends at a correct
+/// leader and every operation completes.
+#[test]
+fn colluding_leaders_passing_the_leadership_on_cannot_stall_the_cluster() {
+    let mut reports = Vec::new();
+    for seed in seeds_with_n(4, 1000, 4, Profile::Full)
+        .into_iter()
+        .chain(seeds_with_n(7, 1000, 6, Profile::Full))
+        .chain(seeds_with_n(10, 1000, 2, Profile::Full))
+    {
+        reports.push(run_edited(seed, Profile::Full, |p| {
+            calm(p);
+            p.workload.ops_per_client = p.workload.ops_per_client.max(4);
+            p.byzantine = (0..p.f())
+                .map(|i| (ReplicaId(i as u16), Behavior::LeaderHandoff))
+                .collect();
+        }));
+    }
+    check(&reports);
+    assert!(sum(&reports, |r| r.stats.byzantine.handoffs) > 0);
+    assert_changed_leader(&reports);
+}

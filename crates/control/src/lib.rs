@@ -20,5 +20,5 @@ mod transfer;
 pub use clients::ClientTable;
 pub use config::{Config, ConfigError};
 pub use output::{Decision, Output, Target};
-pub use replica::{Replica, Stats};
+pub use replica::{MoveLeaderError, Replica, Stats};
 pub use sync::{plan, SyncPlan};

@@ -17,6 +17,8 @@ struct Entry {
     /// Tick at which the request arrived or was last forwarded (for
     /// request timeouts).
     arrived_tick: u64,
+    /// Tick at which the request arrived (never restarted).
+    first_tick: u64,
     /// The request timed out once and was forwarded to the leader.
     forwarded: bool,
 }
@@ -124,6 +126,7 @@ impl Pending {
                 arrival,
                 proposed_in: None,
                 arrived_tick: tick,
+                first_tick: tick,
                 forwarded: false,
             },
         );
@@ -167,10 +170,9 @@ impl Pending {
         // The rotation: clients after the cursor, then the rest.
         let rotation: Vec<ClientId> = match self.cursor {
             Some(c) => {
-                let after = self.clients.range((
-                    std::ops::Bound::Excluded(c),
-                    std::ops::Bound::Unbounded,
-                ));
+                let after = self
+                    .clients
+                    .range((std::ops::Bound::Excluded(c), std::ops::Bound::Unbounded));
                 let upto = self.clients.range(..=c);
                 after.chain(upto).map(|(id, _)| *id).collect()
             }
@@ -182,7 +184,10 @@ impl Pending {
                 if out.len() >= requests_max {
                     break 'rounds;
                 }
-                let q = self.clients.get_mut(client).expect("rotation lists pool clients");
+                let q = self
+                    .clients
+                    .get_mut(client)
+                    .expect("rotation lists pool clients");
                 let Some((&arrival, &seq)) = q.unproposed.first_key_value() else {
                     continue;
                 };
@@ -267,9 +272,16 @@ impl Pending {
             .filter(|e| e.proposed_in.is_none())
             .count();
         assert_eq!(self.unproposed, counted, "unproposed counter out of step");
-        assert_eq!(self.order.len(), self.entries.len(), "arrival order out of step");
+        assert_eq!(
+            self.order.len(),
+            self.entries.len(),
+            "arrival order out of step"
+        );
         for (arrival, key) in &self.order {
-            assert_eq!(self.entries[key].arrival, *arrival, "arrival order out of step");
+            assert_eq!(
+                self.entries[key].arrival, *arrival,
+                "arrival order out of step"
+            );
         }
         let mut per_client: BTreeMap<ClientId, (usize, BTreeMap<u64, u64>)> = BTreeMap::new();
         for (key, e) in &self.entries {
@@ -279,7 +291,11 @@ impl Pending {
                 c.1.insert(e.arrival, key.1);
             }
         }
-        assert_eq!(per_client.len(), self.clients.len(), "client queues out of step");
+        assert_eq!(
+            per_client.len(),
+            self.clients.len(),
+            "client queues out of step"
+        );
         for (client, (count, unproposed)) in per_client {
             let q = &self.clients[&client];
             assert_eq!(q.count, count, "per-client count out of step");
@@ -334,6 +350,15 @@ impl Pending {
             .values()
             .next()
             .map(|k| self.entries[k].arrived_tick)
+    }
+
+    /// Tick at which the request that came first arrived, whatever timeouts
+    /// were restarted since (how long the pool has waited).
+    pub fn first_arrival_tick(&self) -> Option<u64> {
+        self.order
+            .values()
+            .next()
+            .map(|k| self.entries[k].first_tick)
     }
 
     /// Restarts the timeout of every pending request at `tick`, keeping
@@ -414,7 +439,10 @@ mod tests {
             p.insert(r, 0).unwrap();
         }
         let b = p.take_batch(1, 100, 1 << 20);
-        assert_eq!(keys(&b), vec![(1, 5), (2, 1), (1, 4), (2, 2), (1, 3), (1, 2), (1, 1)]);
+        assert_eq!(
+            keys(&b),
+            vec![(1, 5), (2, 1), (1, 4), (2, 2), (1, 3), (1, 2), (1, 1)]
+        );
         assert!(p.take_batch(2, 100, 1 << 20).is_empty());
         p.check();
     }
@@ -443,7 +471,10 @@ mod tests {
             p.insert(requests(1, 5..=5).remove(0), 0),
             Err(Refused::ClientFull)
         );
-        assert_eq!(p.insert(requests(3, 1..=1).remove(0), 0), Err(Refused::Full));
+        assert_eq!(
+            p.insert(requests(3, 1..=1).remove(0), 0),
+            Err(Refused::Full)
+        );
         let b = p.take_batch(1, 4, 1 << 20);
         assert_eq!(keys(&b), vec![(1, 1), (2, 1), (1, 2), (2, 2)]);
         // (1, 1) and (2, 1) are decided; a backup saw (1, 4) proposed.
@@ -457,13 +488,19 @@ mod tests {
         p.check();
         assert_eq!(p.unproposed(), 6);
         let b = p.take_batch(1, 100, 1 << 20);
-        assert_eq!(keys(&b), vec![(1, 2), (2, 2), (1, 3), (2, 3), (1, 4), (2, 4)]);
+        assert_eq!(
+            keys(&b),
+            vec![(1, 2), (2, 2), (1, 3), (2, 3), (1, 4), (2, 4)]
+        );
         p.retain(|r| r.client == ClientId(2));
         p.check();
         assert_eq!(p.len(), 3);
         assert_eq!(p.unproposed(), 0);
         p.insert(requests(3, 1..=1).remove(0), 5).unwrap();
         assert_eq!(p.oldest_tick(), Some(0));
+        p.reset_ages(9);
+        assert_eq!(p.oldest_tick(), Some(9));
+        assert_eq!(p.first_arrival_tick(), Some(0));
         p.check();
     }
 }

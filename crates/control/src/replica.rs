@@ -70,6 +70,10 @@ pub struct Stats {
     pub timeouts_leader_link: u64,
     pub timeouts_sync: u64,
     pub timeouts_throughput: u64,
+    /// Leader moves asked of this replica as leader (etcd's MoveLeader),
+    /// and moves of the current leader this replica joined.
+    pub leader_moves_started: u64,
+    pub leader_moves_joined: u64,
     /// Batches fetched from other replicas by digest.
     pub batches_fetched: u64,
     /// State transfers started, decisions and checkpoints installed by them.
@@ -106,6 +110,17 @@ pub struct Stats {
     pub drop_conflicting_vote: u64,
     /// Leader-change messages that do not fit the current state.
     pub drop_sync: u64,
+}
+
+/// Why [`Replica::move_leader`] refused (etcd's MoveLeader errors).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum MoveLeaderError {
+    /// This replica does not lead a regency whose SYNC is applied.
+    #[error("not the leader")]
+    NotLeader,
+    /// The transferee is not another replica of the cluster.
+    #[error("bad leader transferee")]
+    BadTransferee,
 }
 
 /// Where the replica is in the protocol.
@@ -1172,6 +1187,60 @@ impl Replica {
         }
     }
 
+    /// Hands the leadership to replica `to` (etcd's MoveLeader; BFT-SMaRt
+    /// has no such call): the leader asks for the regency in
+    /// `(regency, regency + n)` that `to` leads with a STOP, and the backups
+    /// join it ([`Replica::on_stop`]) while the leader keeps up. Returns that
+    /// regency; it is installed once 2f+1 replicas have asked for it.
+    ///
+    /// # Errors
+    /// [`MoveLeaderError::NotLeader`] unless this replica leads a regency
+    /// whose SYNC is applied; [`MoveLeaderError::BadTransferee`] for `to`
+    /// not a replica or this one.
+    pub fn move_leader(
+        &mut self,
+        to: ReplicaId,
+        out: &mut Vec<Output>,
+    ) -> Result<Regency, MoveLeaderError> {
+        if !self.is_leader() || self.phase != Phase::Normal {
+            return Err(MoveLeaderError::NotLeader);
+        }
+        let n = self.cfg.n as u64;
+        if to.index() >= self.cfg.n || to == self.cfg.me {
+            return Err(MoveLeaderError::BadTransferee);
+        }
+        let ahead = (to.0 as u64 + n - self.cfg.me.0 as u64) % n;
+        let Some(target) = self.regency.checked_add(ahead as Regency) else {
+            // Regency numbers are used up (not reachable in practice).
+            return Err(MoveLeaderError::NotLeader);
+        };
+        assert_eq!(self.cfg.leader_of(target), to);
+        self.stats.leader_moves_started += 1;
+        self.send_stop(target, out);
+        Ok(target)
+    }
+
+    /// Whether this replica joins a STOP of the current leader for
+    /// `regency` (the leader moving its leadership, [`Replica::move_leader`]):
+    /// only a regency in `(regency, regency + n)` led by another replica,
+    /// and only while no request here has waited a request timeout since
+    /// it arrived. A leader that stalls cannot hand its regency to a
+    /// colluder to escape the request timeouts (its requests are old by
+    /// then, whatever fresh timeouts a new regency gave them), so a chain
+    /// of Byzantine leaders passing the leadership along ends at the
+    /// normal rotation.
+    fn joins_leader_move(&self, from: ReplicaId, regency: Regency) -> bool {
+        let n = self.cfg.n as u64;
+        from == self.leader()
+            && regency > self.regency
+            && (regency as u64) < self.regency as u64 + n
+            && self.cfg.leader_of(regency) != from
+            && self
+                .pending
+                .first_arrival_tick()
+                .is_none_or(|t| self.tick - t < self.cfg.request_timeout_ticks)
+    }
+
     /// Broadcasts STOP(`regency`) with the oldest pending requests, once per
     /// regency.
     fn send_stop(&mut self, regency: Regency, out: &mut Vec<Output>) {
@@ -1209,6 +1278,10 @@ impl Replica {
             return;
         }
         *slot = s.regency;
+        if self.joins_leader_move(s.replica, s.regency) {
+            self.stats.leader_moves_joined += 1;
+            self.send_stop(s.regency, out);
+        }
         let f = self.cfg.f();
         if let Some(join) = self.kth_highest_stop(f + 1) {
             self.send_stop(join, out);

@@ -434,3 +434,88 @@ fn a_propose_that_overtakes_the_sync_is_taken_once_the_sync_is_applied() {
     }
     net.assert_agreement();
 }
+
+/// etcd's MoveLeader: the leader asks for the regency its transferee
+/// leads, the backups join while the leader keeps up, and the transferee
+/// orders the next requests.
+#[test]
+fn a_leader_moves_its_leadership_to_the_replica_asked_for() {
+    let mut net = net(4);
+    let r = net.submit(3, b"before");
+    net.run_ticks(2);
+    let mut out = Vec::new();
+    assert_eq!(
+        net.replicas[1].move_leader(ReplicaId(2), &mut out),
+        Err(control::MoveLeaderError::NotLeader)
+    );
+    assert_eq!(
+        net.replicas[0].move_leader(ReplicaId(0), &mut out),
+        Err(control::MoveLeaderError::BadTransferee)
+    );
+    assert_eq!(
+        net.replicas[0].move_leader(ReplicaId(4), &mut out),
+        Err(control::MoveLeaderError::BadTransferee)
+    );
+    assert!(out.is_empty());
+    assert_eq!(net.replicas[0].move_leader(ReplicaId(2), &mut out), Ok(2));
+    net.handle(0, out);
+    net.run_ticks(3);
+    for i in 0..4 {
+        assert_eq!(
+            net.regencies[i],
+            vec![2],
+            "replica {i} went to regency 2 at once"
+        );
+        assert_eq!(net.replicas[i].leader(), ReplicaId(2));
+    }
+    assert_eq!(net.replicas[1].stats().leader_moves_joined, 1);
+    assert_eq!(net.replicas[0].stats().leader_moves_started, 1);
+    let s = net.submit(1, b"after");
+    net.run_ticks(3);
+    for i in 0..4 {
+        assert_eq!(
+            net.executed(i),
+            vec![
+                (3, r.seq, b"before".to_vec()),
+                (1, s.seq, b"after".to_vec())
+            ]
+        );
+    }
+    assert_eq!(net.replicas[2].stats().proposals_sent, 1);
+    net.assert_agreement();
+}
+
+/// A leader that let a request wait a whole request timeout cannot hand
+/// its regency on (a stalling Byzantine leader passing the leadership to a
+/// colluder to escape the timeouts): the backups do not join its STOP, and
+/// the request timeout replaces it in the normal rotation.
+#[test]
+fn a_leader_that_let_a_request_wait_a_request_timeout_cannot_move_the_leadership() {
+    let mut net = net(4);
+    // The leader (0) never sees the request; the backups hold it.
+    let r = net.request(3, b"waiting");
+    for to in 1..4 {
+        net.send(3, to, Message::Request(r.clone()));
+    }
+    net.run(100);
+    // Hold every forward to the leader, so the request just waits.
+    for _ in 0..5 {
+        net.tick();
+        net.hold(|p| p.to == ReplicaId(0));
+        net.run(1_000);
+    }
+    let mut out = Vec::new();
+    assert_eq!(net.replicas[0].move_leader(ReplicaId(2), &mut out), Ok(2));
+    net.handle(0, out);
+    net.run(1_000);
+    for i in 1..4 {
+        assert_eq!(net.replicas[i].stats().leader_moves_joined, 0);
+        assert!(net.regencies[i].is_empty());
+    }
+    net.run_ticks(20);
+    for i in 1..4 {
+        assert_eq!(net.regencies[i].first(), Some(&1), "rotation goes on");
+        assert_eq!(net.executed(i), vec![(3, r.seq, b"waiting".to_vec())]);
+    }
+    net.assert_agreement();
+}

@@ -156,7 +156,7 @@ impl Net {
         self.signers[from as usize].sign(msg).into_inner()
     }
 
-    fn handle(&mut self, at: usize, outs: Vec<Output>) {
+    pub fn handle(&mut self, at: usize, outs: Vec<Output>) {
         for o in outs {
             match o {
                 Output::Send { to, msg } => {
