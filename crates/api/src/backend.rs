@@ -15,6 +15,15 @@ pub enum SubmitError {
     Stopped,
 }
 
+/// Why a replica refused to move its leadership (Maintenance.MoveLeader).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MoveLeaderRefused {
+    /// This replica does not lead a working regency (etcd: "not leader").
+    NotLeader,
+    /// The target is not another member (etcd: "bad leader transferee").
+    BadTransferee,
+}
+
 /// One member of the cluster as etcd's MemberList reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemberInfo {
@@ -111,6 +120,14 @@ pub trait Backend: Send + Sync + 'static {
         true
     }
     fn progress(&self) -> Progress;
+    /// Asks this replica, as leader, to hand the leadership to member
+    /// `target_member_id` (a regency change to the regency it leads,
+    /// `control::Replica::move_leader`); the move shows later in
+    /// [`Backend::progress`]'s `leader_member_id`. A backend without
+    /// consensus has no leadership to move: refused as not leader.
+    fn move_leader(&self, _target_member_id: u64) -> Result<(), MoveLeaderRefused> {
+        Err(MoveLeaderRefused::NotLeader)
+    }
     fn cluster(&self) -> &ClusterInfo;
     /// Records the latency of one API call (for metrics); no-op by default.
     fn observe_request(&self, _latency: std::time::Duration) {}

@@ -187,6 +187,10 @@ fn api_routes<B: Backend>(p: &str, gw: Gw<EtcdApi<B>>) -> Router {
             &route("/maintenance/defragment"),
             unary!(Api<B>, Maintenance, defragment),
         )
+        .route(
+            &route("/maintenance/transfer-leadership"),
+            unary!(Api<B>, Maintenance, move_leader),
+        )
         // etcd 3.4 maps both Hash and HashKV to /maintenance/hash (Hash
         // wins); 3.5 serves HashKV at /maintenance/hashkv.
         .route(

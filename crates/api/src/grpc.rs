@@ -39,6 +39,16 @@ pub const ERR_TOO_MANY_REQUESTS: &str = "etcdserver: too many requests";
 pub const ERR_TIMEOUT: &str = "etcdserver: request timed out";
 /// etcd's error when the server is shutting down.
 pub const ERR_STOPPED: &str = "etcdserver: server stopped";
+/// etcd's error for a MoveLeader sent to a member that is not the leader.
+pub const ERR_NOT_LEADER: &str = "etcdserver: not leader";
+/// etcd's error for a MoveLeader to a member that cannot lead.
+pub const ERR_BAD_LEADER_TRANSFEREE: &str = "etcdserver: bad leader transferee";
+/// etcd's error when a MoveLeader does not finish in time.
+pub const ERR_TIMEOUT_LEADER_TRANSFER: &str =
+    "etcdserver: request timed out, leader transfer took too long";
+/// How long a MoveLeader waits for the transferee to lead: a regency
+/// change takes a STOP round and a SYNC round.
+pub const MOVE_LEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Limits of the API. Every field has a default (see [`ApiLimits::default`]);
 /// [`ApiLimits::validate`] says which combinations are refused.
@@ -442,6 +452,59 @@ impl<B: Backend> Maintenance for EtcdApi<B> {
         self.check_admin(&req)?;
         let (rev, _) = self.backend.store_size();
         Ok(Response::new(DefragmentResponse {
+            header: Some(self.header(rev)),
+        }))
+    }
+
+    /// etcd's Maintenance.MoveLeader (root only once auth is enabled): sent
+    /// to the leader, hands the leadership to `target_id` and answers once
+    /// this replica sees the transferee lead, as etcd does. The leader asks
+    /// for the regency the transferee leads and the other replicas join it
+    /// (`control::Replica::move_leader`). Errors as etcd's: "not leader"
+    /// (FAILED_PRECONDITION) at a replica that does not lead, "bad leader
+    /// transferee" (FAILED_PRECONDITION) for an id that is not a member,
+    /// "leader transfer took too long" (UNAVAILABLE) after
+    /// [`MOVE_LEADER_TIMEOUT`]. A move to the current leader succeeds at
+    /// once.
+    async fn move_leader(
+        &self,
+        req: Request<MoveLeaderRequest>,
+    ) -> Result<Response<MoveLeaderResponse>, Status> {
+        self.check_admin(&req)?;
+        let target = req.into_inner().target_id;
+        let me = self.backend.cluster().member_id;
+        if self.backend.progress().leader_member_id != me {
+            return Err(Status::failed_precondition(ERR_NOT_LEADER));
+        }
+        if !self
+            .backend
+            .cluster()
+            .members
+            .iter()
+            .any(|m| m.id == target)
+        {
+            return Err(Status::failed_precondition(ERR_BAD_LEADER_TRANSFEREE));
+        }
+        if target != me {
+            self.backend.move_leader(target).map_err(|e| match e {
+                crate::MoveLeaderRefused::NotLeader => Status::failed_precondition(ERR_NOT_LEADER),
+                crate::MoveLeaderRefused::BadTransferee => {
+                    Status::failed_precondition(ERR_BAD_LEADER_TRANSFEREE)
+                }
+            })?;
+            let deadline = tokio::time::Instant::now() + MOVE_LEADER_TIMEOUT;
+            let mut poll = tokio::time::interval(Duration::from_millis(10));
+            // Bounded by the deadline: the leader shows in the replica's
+            // status, which has no change notification.
+            while self.backend.progress().leader_member_id != target {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(Status::unavailable(ERR_TIMEOUT_LEADER_TRANSFER));
+                }
+                poll.tick().await;
+            }
+        }
+        let (rev, _) = self.backend.store_size();
+        Ok(Response::new(MoveLeaderResponse {
             header: Some(self.header(rev)),
         }))
     }

@@ -41,7 +41,9 @@ pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");
 }
 
-pub use backend::{member_id, Backend, ClusterInfo, MemberInfo, Progress, SubmitError};
+pub use backend::{
+    member_id, Backend, ClusterInfo, MemberInfo, MoveLeaderRefused, Progress, SubmitError,
+};
 pub use grpc::{ApiLimits, EtcdApi};
 
 use std::sync::Arc;

@@ -28,6 +28,7 @@ pub fn run(
         status: running.status.clone(),
         cluster: running.cluster.clone(),
         cluster_id: config.cluster_id,
+        me: id,
         range_response_bytes_max: config.api.range_response_bytes_max,
         revisions: running.revisions.subscribe(),
     });

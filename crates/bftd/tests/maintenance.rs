@@ -308,3 +308,63 @@ fn auto_compaction_in_periodic_mode_compacts_to_the_revision_of_one_retention_ag
     let leader = c.leader(Duration::from_secs(5));
     assert!(lines_with(&c.log_path(leader), "completed auto periodic compaction") >= 1);
 }
+
+/// etcd's MoveLeader as `etcdctl move-leader` runs it (it finds the leader
+/// among its endpoints and asks it): the transferee leads at every replica
+/// and serves writes; a non-member id is etcd's "bad leader transferee";
+/// a replica that does not lead answers "not leader" (through the JSON
+/// gateway, as etcdctl never sends it there).
+#[test]
+fn move_leader_hands_the_leadership_to_the_member_asked_for() {
+    let cluster = Cluster::start_with("move-leader", opts());
+    let all = cluster.endpoints().join(",");
+    ok_etcdctl(&all, &["put", "k", "before"]);
+    let leader = cluster.leader(Duration::from_secs(10));
+    let to = (leader + 2) % 4;
+    let members: serde_json::Value =
+        serde_json::from_str(&ok_etcdctl(&all, &["member", "list", "-w", "json"])).unwrap();
+    let id_of = |r: u16| {
+        members["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == format!("bftd-{r}"))
+            .unwrap()["ID"]
+            .as_u64()
+            .unwrap()
+    };
+    let out = ok_etcdctl(&all, &["move-leader", &format!("{:x}", id_of(to))]);
+    assert!(
+        out.contains(&format!(
+            "Leadership transferred from {:x} to {:x}",
+            id_of(leader),
+            id_of(to)
+        )),
+        "{out}"
+    );
+    assert_eq!(cluster.leader(Duration::from_secs(10)), to);
+    ok_etcdctl(
+        &cluster.endpoints()[leader as usize],
+        &["put", "k", "after"],
+    );
+    for ep in cluster.endpoints() {
+        let got = ok_etcdctl(&ep, &["get", "k", "--print-value-only"]);
+        assert_eq!(got.trim(), "after", "{ep}");
+    }
+    // Moving to the leader itself succeeds at once.
+    ok_etcdctl(&all, &["move-leader", &format!("{:x}", id_of(to))]);
+    assert_eq!(cluster.leader(Duration::from_secs(10)), to);
+
+    let (ok, out) = etcdctl(&all, &["move-leader", "1234"], None);
+    assert!(
+        !ok && out.contains("etcdserver: bad leader transferee"),
+        "{out}"
+    );
+    let body = http_request(
+        cluster.client_addr(leader),
+        "POST",
+        "/v3/maintenance/transfer-leadership",
+    );
+    assert!(body.contains("etcdserver: not leader"), "{body}");
+    assert_eq!(cluster.leader(Duration::from_secs(10)), to);
+}

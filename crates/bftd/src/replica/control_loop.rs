@@ -191,6 +191,7 @@ impl<T: TxPath, R: RxPath> ControlLoop<T, R> {
                     }
                 }
                 self.core.on_tick(&mut s.out);
+                self.take_move_leader(&mut s.out);
                 self.stats.lock().clone_from(self.core.stats());
                 next_tick += self.tick;
                 if next_tick < Instant::now() {
@@ -301,6 +302,23 @@ impl<T: TxPath, R: RxPath> ControlLoop<T, R> {
             &mut s.own,
         )
         .map_err(|Gone| ())
+    }
+
+    /// Starts the leader move the API asked for, if any
+    /// (`Status::move_leader_to`, Maintenance.MoveLeader).
+    fn take_move_leader(&mut self, out: &mut Vec<Output>) {
+        let to = self
+            .status
+            .move_leader_to
+            .swap(0, std::sync::atomic::Ordering::Relaxed);
+        if to == 0 {
+            return;
+        }
+        let to = ReplicaId((to - 1) as u16);
+        match self.core.move_leader(to, out) {
+            Ok(regency) => tracing::info!(to = to.0, regency, "moving the leadership"),
+            Err(e) => tracing::warn!(to = to.0, "leader move refused: {e}"),
+        }
     }
 
     fn publish(&self) {

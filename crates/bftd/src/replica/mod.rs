@@ -439,6 +439,8 @@ pub struct ReplicaBackend {
     pub status: Arc<Status>,
     pub cluster: api::ClusterInfo,
     pub cluster_id: u64,
+    /// This replica's id.
+    pub me: u16,
     /// Largest read response, bytes (`[api] range_response_bytes_max`).
     pub range_response_bytes_max: usize,
     /// The store's revision after each executed batch.
@@ -513,6 +515,18 @@ impl api::Backend for ReplicaBackend {
     }
     fn has_leader(&self) -> bool {
         self.status.health(status::now_ms()).is_ok()
+    }
+    fn move_leader(&self, target_member_id: u64) -> Result<(), api::MoveLeaderRefused> {
+        let s = &self.status;
+        if Status::get(&s.leader) != self.me as u64 {
+            return Err(api::MoveLeaderRefused::NotLeader);
+        }
+        let to = (0..self.cluster.members.len() as u16)
+            .find(|&r| api::member_id(self.cluster_id, r) == target_member_id)
+            .filter(|&r| r != self.me)
+            .ok_or(api::MoveLeaderRefused::BadTransferee)?;
+        Status::set(&s.move_leader_to, u64::from(to) + 1);
+        Ok(())
     }
     fn progress(&self) -> api::Progress {
         let s = &self.status;
@@ -669,6 +683,27 @@ impl Source for Observer {
             "requests_refused_client_full",
             "Requests refused: their client's share of the pending pool full",
             c.requests_refused_client_full,
+        ));
+        for (reason, value) in [
+            ("request_timeout", c.timeouts_request),
+            ("sync_timeout", c.timeouts_sync),
+            ("leader_link", c.timeouts_leader_link),
+            ("low_throughput", c.timeouts_throughput),
+            ("leader_move", c.leader_moves_started),
+        ] {
+            v.push(
+                Sample::counter(
+                    "leader_changes_started",
+                    "Leader changes this replica asked for, by reason (leader_move: as leader, for MoveLeader)",
+                    value,
+                )
+                .label("reason", reason),
+            );
+        }
+        v.push(Sample::counter(
+            "leader_moves_joined",
+            "Leadership moves of the current leader this replica joined",
+            c.leader_moves_joined,
         ));
         v.push(Sample::counter(
             "transfer_bad_chunks",

@@ -34,6 +34,10 @@ pub struct Status {
     /// How long without a decision, while requests wait or a state
     /// transfer runs, counts as stuck, ms.
     pub stall_after_ms: AtomicU64,
+    /// A leader move asked by the API (Maintenance.MoveLeader): the
+    /// transferee's replica id + 1, 0 for none. Written by the API, taken
+    /// (swapped to 0) by the control loop at its next tick.
+    pub move_leader_to: AtomicU64,
 }
 
 /// Milliseconds since the epoch (0 if the clock is before it).
