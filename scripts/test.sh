@@ -11,6 +11,7 @@ command -v etcd >/dev/null 2>&1 || need+=(etcd-server)      # baseline for perf/
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler) # etcd-client crate's build script
 command -v ip >/dev/null 2>&1 || need+=(iproute2)           # network-namespace fault tests
 command -v curl >/dev/null 2>&1 || need+=(curl)             # TLS status port and JSON gateway tests
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd) # unit file verification
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing test dependencies: ${need[*]}"
     SUDO=""

@@ -20,6 +20,12 @@ pub trait Observe: Send + Sync + 'static {
     /// empty list heals). Errors when the replica was not started with
     /// fault injection on.
     fn set_blocked(&self, peers: &[u16]) -> Result<(), String>;
+    /// Fault injection for tests: the control thread stops for `ms`
+    /// milliseconds (a wedged consensus loop, for the systemd watchdog).
+    /// Errors when the replica was not started with fault injection on.
+    fn stall_control(&self, _ms: u64) -> Result<(), String> {
+        Err("stalling the control thread is not supported here".into())
+    }
     /// `Err(reason)` when the replica does not serve as it should (stuck
     /// behind, no progress, a wedged thread): `/healthz` answers 503 with
     /// the reason.
@@ -39,6 +45,23 @@ fn parse_peers(query: Option<&str>) -> Result<Vec<u16>, String> {
         .filter(|s| !s.is_empty())
         .map(|s| s.parse::<u16>().map_err(|e| format!("peer {s:?}: {e}")))
         .collect()
+}
+
+/// Longest control-thread stall `/debug/stall_control` injects, ms.
+pub const CONTROL_STALL_MAX_MS: u64 = 120_000;
+
+/// Parses `ms=<n>` (at most [`CONTROL_STALL_MAX_MS`]) from a query string.
+fn parse_stall_ms(query: Option<&str>) -> Result<u64, String> {
+    let ms = query
+        .unwrap_or("")
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("ms="))
+        .ok_or("expected ?ms=<milliseconds>")?;
+    let ms: u64 = ms.parse().map_err(|e| format!("ms {ms:?}: {e}"))?;
+    if ms > CONTROL_STALL_MAX_MS {
+        return Err(format!("ms {ms} is above {CONTROL_STALL_MAX_MS}"));
+    }
+    Ok(ms)
 }
 
 /// Most connections open at once on the status port (scrapers and
@@ -69,7 +92,13 @@ pub async fn serve_with<O: Observe>(
     tls: Option<Arc<crate::tls::ServerTls>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let (o1, o2, o3, o4) = (observe.clone(), observe.clone(), observe.clone(), observe);
+    let (o1, o2, o3, o4, o5) = (
+        observe.clone(),
+        observe.clone(),
+        observe.clone(),
+        observe.clone(),
+        observe,
+    );
     let app = Router::new()
         .route(
             "/status",
@@ -100,6 +129,15 @@ pub async fn serve_with<O: Observe>(
             "/debug/blocked",
             axum::routing::put(move |uri: axum::http::Uri| async move {
                 match parse_peers(uri.query()).and_then(|p| o3.set_blocked(&p)) {
+                    Ok(()) => (axum::http::StatusCode::OK, "ok\n".to_string()),
+                    Err(e) => (axum::http::StatusCode::BAD_REQUEST, format!("{e}\n")),
+                }
+            }),
+        )
+        .route(
+            "/debug/stall_control",
+            axum::routing::put(move |uri: axum::http::Uri| async move {
+                match parse_stall_ms(uri.query()).and_then(|ms| o5.stall_control(ms)) {
                     Ok(()) => (axum::http::StatusCode::OK, "ok\n".to_string()),
                     Err(e) => (axum::http::StatusCode::BAD_REQUEST, format!("{e}\n")),
                 }

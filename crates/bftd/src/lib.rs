@@ -9,3 +9,4 @@ pub mod metrics;
 pub mod replica;
 pub mod seed;
 pub mod serve;
+pub mod systemd;

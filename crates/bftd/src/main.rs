@@ -59,7 +59,9 @@ enum Cmd {
         #[arg(long)]
         id: u16,
         /// For tests only: lets `PUT /debug/blocked?peers=1,2` on the HTTP
-        /// status address cut this replica's links to those replicas.
+        /// status address cut this replica's links to those replicas, and
+        /// `PUT /debug/stall_control?ms=N` stop its consensus thread for N
+        /// ms (at most 120000).
         #[arg(long)]
         fault_injection: bool,
     },

@@ -78,6 +78,8 @@ pub fn run(
         "the client port is set once"
     );
     let (client_tls, http_tls) = load_tls(&config, id)?;
+    let status = running.status.clone();
+    let _notifier = crate::systemd::spawn_notifier(status.clone())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name(format!("api-r{id}"))
@@ -140,8 +142,12 @@ pub fn run(
             client_cert_auth = client_tls.as_ref().is_some_and(|t| t.files().requires_client_cert()),
             "replica serving"
         );
+        // The WAL is recovered (`replica::start`) and every listener is
+        // bound: tell systemd (Type=notify) the replica serves.
+        crate::systemd::ready(&status);
         wait_for_signal(|| reload_tls(id, &[&client_tls, &http_tls])).await;
         tracing::info!(replica = id, "stopping");
+        crate::systemd::stopping();
         let _ = stop_tx.send(true);
         if let Some(c) = compactor {
             c.abort();

@@ -166,6 +166,7 @@ impl<T: TxPath, R: RxPath> ControlLoop<T, R> {
         }
         let mut next_tick = Instant::now() + self.tick;
         loop {
+            self.injected_stall();
             let wait = next_tick.saturating_duration_since(Instant::now());
             let mut input = self.wait_input(wait);
             // One round: the first input (waited for), then whatever else
@@ -302,6 +303,22 @@ impl<T: TxPath, R: RxPath> ControlLoop<T, R> {
             &mut s.own,
         )
         .map_err(|Gone| ())
+    }
+
+    /// Fault injection (`/debug/stall_control`, only with
+    /// `--fault-injection`): sleeps until the stall asked for is over, as a
+    /// wedged consensus loop would (bounded by
+    /// `api::http::CONTROL_STALL_MAX_MS`).
+    fn injected_stall(&self) {
+        let until = Status::get(&self.status.stall_control_until_ms);
+        if until == 0 {
+            return;
+        }
+        let now = super::status::now_ms();
+        if until > now {
+            std::thread::sleep(Duration::from_millis(until - now));
+        }
+        Status::set(&self.status.stall_control_until_ms, 0);
     }
 
     /// Starts the leader move the API asked for, if any

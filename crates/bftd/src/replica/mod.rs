@@ -18,7 +18,7 @@ mod control_loop;
 mod executor;
 mod proxy;
 mod recovery;
-mod status;
+pub mod status;
 mod storage_thread;
 
 use std::path::Path;
@@ -839,6 +839,14 @@ impl api::http::Observe for Observer {
         let peers: Vec<wire::ReplicaId> = peers.iter().map(|&p| wire::ReplicaId(p)).collect();
         f.set_blocked(&peers);
         tracing::warn!(?peers, "fault injection: links to these replicas are cut");
+        Ok(())
+    }
+    fn stall_control(&self, ms: u64) -> Result<(), String> {
+        if self.faults.is_none() {
+            return Err("fault injection is off (start the replica with --fault-injection)".into());
+        }
+        Status::set(&self.status.stall_control_until_ms, status::now_ms() + ms);
+        tracing::warn!(ms, "fault injection: the control thread stalls");
         Ok(())
     }
     fn health(&self) -> Result<(), String> {

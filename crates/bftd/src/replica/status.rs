@@ -38,6 +38,9 @@ pub struct Status {
     /// transferee's replica id + 1, 0 for none. Written by the API, taken
     /// (swapped to 0) by the control loop at its next tick.
     pub move_leader_to: AtomicU64,
+    /// Fault injection (`/debug/stall_control`): the control loop sleeps
+    /// until this wall clock, ms since the epoch (0: never).
+    pub stall_control_until_ms: AtomicU64,
 }
 
 /// Milliseconds since the epoch (0 if the clock is before it).

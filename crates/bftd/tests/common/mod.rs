@@ -209,6 +209,11 @@ impl Cluster {
     }
 
     pub fn start_replica(&mut self, i: u16) {
+        self.start_replica_with_env(i, &[]);
+    }
+
+    /// [`Cluster::start_replica`] with extra environment variables.
+    pub fn start_replica_with_env(&mut self, i: u16, env: &[(&str, &str)]) {
         assert!(
             self.children[i as usize].is_none(),
             "replica {i} already running"
@@ -234,6 +239,7 @@ impl Cluster {
         }
         let child = cmd
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
