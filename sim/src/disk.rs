@@ -9,7 +9,9 @@
 //! acknowledged to the core ([`Ack`]) once durable.
 //!
 //! Checkpoints: the newest two are kept, and the log reaches back to the
-//! older one (as `Storage::truncate_through`). [`Durable::recover`] gives
+//! older one (as `Storage::truncate_through`); with one checkpoint the log
+//! is kept whole (a corrupt single checkpoint still has the log to fall
+//! back on). [`Durable::recover`] gives
 //! what `Storage::open` gives a restarting bftd — a `storage::Recovered` —
 //! and the host restarts through `node::restore`, the production path.
 
@@ -69,7 +71,7 @@ impl Durable {
                 while self.checkpoints.len() > CHECKPOINTS_KEPT {
                     self.checkpoints.pop_front();
                 }
-                let floor = self.checkpoints.front().map_or(0, |(c, _)| *c);
+                let floor = self.floor();
                 self.records.retain(|r| r.cid().is_none_or(|c| c > floor));
             }
         }
@@ -115,8 +117,16 @@ impl Durable {
         }
     }
 
-    /// The floor of the log (the older kept checkpoint's cid).
+    /// The floor of the log: the older of two kept checkpoints' cid, 0
+    /// with fewer (`Storage::truncate_through` truncates nothing until it
+    /// keeps two). Sim seed 452747: with the single checkpoint as the
+    /// floor, a replica that alone decided the checkpoint's cid lost that
+    /// decision at a restart, served nothing the others could use, and the
+    /// cluster stayed behind it (a restart bftd does not have).
     fn floor(&self) -> Cid {
+        if self.checkpoints.len() < CHECKPOINTS_KEPT {
+            return 0;
+        }
         self.checkpoints.front().map_or(0, |(c, _)| *c)
     }
 }

@@ -431,6 +431,19 @@ fn a_replica_restarted_from_a_checkpoint_at_its_last_decision_can_serve_it() {
     assert_clean(&[run(26977, Profile::Full, None)]);
 }
 
+/// simulator (disk model): the fake disk cut its log at its only
+/// checkpoint, where `storage` truncates nothing until it keeps two. Seed
+/// 452747 of the soak (full profile, n=4, four crash-restarts, two
+/// dropping partitions): r0 alone decided cid 8 (its ACCEPTs were cut off)
+/// and checkpointed there; after its restart the decision was gone from
+/// its log, its STATE_REPLYs offered only a checkpoint no other replica
+/// could vouch for, and the others stayed at cid 7. With the disk keeping
+/// the log as `storage` does, r0 serves decision 8 with its proof.
+#[test]
+fn a_replica_that_alone_decided_its_only_checkpoint_serves_that_decision_after_a_restart() {
+    assert_clean(&[run(452747, Profile::Full, None)]);
+}
+
 /// control (liveness): the leader-throughput monitor (Aardvark) judged a
 /// new regency by a window that began when the regency was entered, before
 /// its SYNC: a leader whose SYNC and first instance take longer than one
