@@ -48,7 +48,9 @@ done
     die "$binary is not an executable file (build it first: cargo build -p bftd)"
 command -v docker >/dev/null 2>&1 || die "docker is not installed"
 command -v ldd >/dev/null 2>&1 || die "ldd is not installed (Debian: libc-bin)"
-"$binary" --version >/dev/null 2>&1 || die "$binary does not run here (is it a bftd binary for this machine?)"
+version="$("$binary" --version 2>/dev/null | head -n 1)" || true
+[[ "$version" == "bftd "* ]] ||
+    die "$binary --version says ${version:-nothing}: not a bftd binary for this machine"
 
 if [ -n "$context" ]; then
     [ ! -e "$context" ] || die "$context exists: give --context a new directory"
@@ -94,6 +96,6 @@ echo "build context $context: bftd + ${#libs[@]} libraries (${libs[*]:-none})"
 docker build -t "$tag" "$context"
 
 # The image must run the binary: a library ldd missed shows up here.
-docker run --rm --network none --entrypoint /usr/local/bin/bftd "$tag" --version >/dev/null ||
+[ "$(docker run --rm --network none --entrypoint /usr/local/bin/bftd "$tag" --version)" = "$version" ] ||
     die "the image $tag cannot run bftd (a library missing from the build context?)"
 echo "built $tag ($(docker image inspect --format '{{.Size}}' "$tag") bytes); run it with deploy/container/compose.yaml"
