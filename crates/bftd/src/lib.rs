@@ -5,6 +5,7 @@ pub mod certs;
 pub mod compactor;
 pub mod config;
 pub mod demo;
+pub mod health;
 pub mod metrics;
 pub mod replica;
 pub mod seed;

@@ -53,10 +53,10 @@ enum Cmd {
     /// Run one replica (for systemd and containers) until SIGINT/SIGTERM.
     Run {
         /// The cluster config (see `bftd init`).
-        #[arg(long)]
+        #[arg(long, env = "BFTD_CONFIG")]
         config: PathBuf,
         /// This replica's id in the config.
-        #[arg(long)]
+        #[arg(long, env = "BFTD_ID")]
         id: u16,
         /// For tests only: lets `PUT /debug/blocked?peers=1,2` on the HTTP
         /// status address cut this replica's links to those replicas, and
@@ -64,6 +64,27 @@ enum Cmd {
         /// ms (at most 120000).
         #[arg(long)]
         fault_injection: bool,
+    },
+    /// Probe a replica's /healthz with one plain HTTP/1.1 GET (for container
+    /// HEALTHCHECKs and scripts without curl): exit 0 when it answers 200,
+    /// otherwise print the reason (the replica's 503 text, a refused
+    /// connection, a timeout) and exit 1.
+    Health {
+        /// The URL to probe, http://HOST[:PORT][/PATH] (port 80 and /healthz
+        /// when left out). When given, --config and --id (and their
+        /// environment variables) are ignored.
+        #[arg(long)]
+        url: Option<String>,
+        /// The cluster config: probes http://<http_addr>/healthz of replica
+        /// --id (127.0.0.1 when http_addr is 0.0.0.0).
+        #[arg(long, env = "BFTD_CONFIG")]
+        config: Option<PathBuf>,
+        /// The replica's id in --config.
+        #[arg(long, env = "BFTD_ID")]
+        id: Option<u16>,
+        /// Give up after this long (connect, send and answer together).
+        #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+        timeout_ms: u64,
     },
     /// Run a local cluster on 127.0.0.1, one process per replica, until
     /// SIGINT/SIGTERM.
@@ -174,6 +195,18 @@ fn main() -> ExitCode {
                 .map_err(|e| e.to_string())
                 .and_then(|c| bftd::serve::run(c, id, fault_injection).map_err(|e| e.to_string()))
         }
+        Cmd::Health {
+            url,
+            config,
+            id,
+            timeout_ms,
+        } => bftd::health::run(
+            url.as_deref(),
+            config.as_deref(),
+            id,
+            std::time::Duration::from_millis(timeout_ms),
+        )
+        .map(|body| println!("{}", body.trim())),
         Cmd::Demo {
             replicas,
             base_port,
