@@ -343,6 +343,20 @@ fn move_leader_hands_the_leadership_to_the_member_asked_for() {
         "{out}"
     );
     assert_eq!(cluster.leader(Duration::from_secs(10)), to);
+    assert_eq!(
+        cluster.metric(
+            leader,
+            "bftd_leader_changes_started_total{reason=\"leader_move\"}"
+        ),
+        1
+    );
+    let joined: u64 = (0..4u16)
+        .filter(|&i| i != leader)
+        .map(|i| cluster.metric(i, "bftd_leader_moves_joined_total"))
+        .sum();
+    // The first backups join the leader's STOP by the move rule; the rest
+    // may join by the f+1 STOPs rule.
+    assert!(joined >= 1, "{joined} backups joined the move");
     ok_etcdctl(
         &cluster.endpoints()[leader as usize],
         &["put", "k", "after"],

@@ -646,24 +646,26 @@ impl Source for Observer {
             });
         }
         let c = self.control.lock().clone();
-        for (reason, value) in [
-            ("wrong_regency", c.drop_wrong_regency),
-            ("stale_cid", c.drop_stale_cid),
-            ("future_cid", c.drop_future_cid),
-            ("not_leader", c.drop_not_leader),
-            ("bad_batch", c.drop_bad_batch),
-            ("equivocation", c.drop_equivocation),
-            ("conflicting_vote", c.drop_conflicting_vote),
-        ] {
-            v.push(
-                Sample::counter(
-                    "control_drops",
-                    "Messages the consensus core refused",
-                    value,
-                )
-                .label("reason", reason),
-            );
-        }
+        // One counter per reason.
+        let by_reason = |v: &mut Vec<Sample>, name, help, reasons: &[(&str, u64)]| {
+            for &(reason, value) in reasons {
+                v.push(Sample::counter(name, help, value).label("reason", reason));
+            }
+        };
+        by_reason(
+            &mut v,
+            "control_drops",
+            "Messages the consensus core refused",
+            &[
+                ("wrong_regency", c.drop_wrong_regency),
+                ("stale_cid", c.drop_stale_cid),
+                ("future_cid", c.drop_future_cid),
+                ("not_leader", c.drop_not_leader),
+                ("bad_batch", c.drop_bad_batch),
+                ("equivocation", c.drop_equivocation),
+                ("conflicting_vote", c.drop_conflicting_vote),
+            ],
+        );
         v.push(Sample::counter(
             "proposals",
             "Batches proposed as leader",
@@ -684,22 +686,18 @@ impl Source for Observer {
             "Requests refused: their client's share of the pending pool full",
             c.requests_refused_client_full,
         ));
-        for (reason, value) in [
-            ("request_timeout", c.timeouts_request),
-            ("sync_timeout", c.timeouts_sync),
-            ("leader_link", c.timeouts_leader_link),
-            ("low_throughput", c.timeouts_throughput),
-            ("leader_move", c.leader_moves_started),
-        ] {
-            v.push(
-                Sample::counter(
-                    "leader_changes_started",
-                    "Leader changes this replica asked for, by reason (leader_move: as leader, for MoveLeader)",
-                    value,
-                )
-                .label("reason", reason),
-            );
-        }
+        by_reason(
+            &mut v,
+            "leader_changes_started",
+            "Leader changes this replica asked for, by reason (leader_move: as leader, for MoveLeader)",
+            &[
+                ("request_timeout", c.timeouts_request),
+                ("sync_timeout", c.timeouts_sync),
+                ("leader_link", c.timeouts_leader_link),
+                ("low_throughput", c.timeouts_throughput),
+                ("leader_move", c.leader_moves_started),
+            ],
+        );
         v.push(Sample::counter(
             "leader_moves_joined",
             "Leadership moves of the current leader this replica joined",
