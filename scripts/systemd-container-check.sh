@@ -243,9 +243,14 @@ if [ "$rebuild_base" = 1 ] || ! docker image inspect "$base_tag" >/dev/null 2>&1
     else
         log "reusing $tarball"
     fi
+    old_base="$(docker image inspect --format '{{.Id}}' "$base_tag" 2>/dev/null || true)"
     docker import -c 'ENV container=docker' -c 'CMD ["/lib/systemd/systemd"]' \
         "$tarball" "$base_tag" >/dev/null
     log "imported $base_tag"
+    # --rebuild-base: the image the tag named before is left untagged.
+    if [ -n "$old_base" ] && [ "$old_base" != "$(docker image inspect --format '{{.Id}}' "$base_tag")" ]; then
+        docker rmi "$old_base" >/dev/null 2>&1 || log "could not remove the former $base_tag ($old_base)"
+    fi
 else
     log "reusing image $base_tag"
 fi
