@@ -143,8 +143,30 @@ fn pinning(cfg: &ClusterConfig) -> Result<(Option<usize>, Option<usize>), Config
 /// below the replicated de-duplication mark.
 fn first_seq(data_dir: &Path) -> std::io::Result<u64> {
     std::fs::create_dir_all(data_dir)?;
-    let path = data_dir.join("proxy_first_seq");
-    let prev = match std::fs::read_to_string(&path) {
+    // Named so that storage's recovery, which reads this directory, knows
+    // it is not a log file (`storage::HOST_FILE_PREFIX`); the name before
+    // that is still read once, then removed.
+    let path = data_dir.join(format!("{}proxy_first_seq", storage::HOST_FILE_PREFIX));
+    let old = data_dir.join("proxy_first_seq");
+    let prev = read_seq(&path)?.max(read_seq(&old)?);
+    let clock_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64);
+    let first = clock_us.max(prev + 1);
+    let tmp = data_dir.join(format!("{}proxy_first_seq.tmp", storage::HOST_FILE_PREFIX));
+    std::fs::write(&tmp, format!("{first}\n"))?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    match std::fs::remove_file(&old) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    Ok(first)
+}
+
+/// The number in a first-seq file, 0 if there is none.
+fn read_seq(path: &Path) -> std::io::Result<u64> {
+    match std::fs::read_to_string(path) {
         Ok(s) => s.trim().parse::<u64>().map_err(|e| {
             std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
@@ -153,19 +175,10 @@ fn first_seq(data_dir: &Path) -> std::io::Result<u64> {
                     path.display()
                 ),
             )
-        })?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
-        Err(e) => return Err(e),
-    };
-    let clock_us = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64);
-    let first = clock_us.max(prev + 1);
-    let tmp = data_dir.join("proxy_first_seq.tmp");
-    std::fs::write(&tmp, format!("{first}\n"))?;
-    std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, &path)?;
-    Ok(first)
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(e),
+    }
 }
 
 /// Starts replica `id` of `config` with the kernel interface its config
@@ -877,6 +890,25 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap(); // wiped: the boot count restarts
         let c = first_seq(&dir).unwrap();
         assert!(c > b, "{c} <= {b}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_first_seq_file_under_the_name_before_host_files_is_read_once_and_removed() {
+        let dir = std::env::temp_dir().join(format!("bftd-seq-old-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // An earlier run far in the future (its clock was ahead).
+        let ahead = u64::MAX / 2;
+        std::fs::write(dir.join("proxy_first_seq"), format!("{ahead}\n")).unwrap();
+        assert_eq!(first_seq(&dir).unwrap(), ahead + 1);
+        assert!(!dir.join("proxy_first_seq").exists());
+        assert_eq!(first_seq(&dir).unwrap(), ahead + 2);
+        // Storage's recovery of this directory warns about nothing.
+        let (_, rec) =
+            storage::Storage::open(&dir, storage::Durability::Fsync, storage::Limits::default())
+                .unwrap();
+        assert!(rec.warnings.is_empty(), "{:?}", rec.warnings);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
