@@ -54,7 +54,7 @@ pub fn status_line(s: &Status) -> String {
 
 /// Whether the control thread beat within `limit` before `now_ms`.
 pub fn control_alive(s: &Status, now_ms: u64, limit: Duration) -> bool {
-    now_ms.saturating_sub(Status::get(&s.control_heartbeat_ms)) <= limit.as_millis() as u64
+    s.control_silent_ms(now_ms) <= limit.as_millis() as u64
 }
 
 /// Starts the thread that refreshes `STATUS=` and, when systemd asks for

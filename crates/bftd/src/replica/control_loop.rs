@@ -166,7 +166,6 @@ impl<T: TxPath, R: RxPath> ControlLoop<T, R> {
         }
         let mut next_tick = Instant::now() + self.tick;
         loop {
-            self.injected_stall();
             let wait = next_tick.saturating_duration_since(Instant::now());
             let mut input = self.wait_input(wait);
             // One round: the first input (waited for), then whatever else
@@ -191,6 +190,7 @@ impl<T: TxPath, R: RxPath> ControlLoop<T, R> {
                         return;
                     }
                 }
+                self.injected_stall();
                 self.core.on_tick(&mut s.out);
                 self.take_move_leader(&mut s.out);
                 self.stats.lock().clone_from(self.core.stats());

@@ -51,17 +51,20 @@ pub fn now_ms() -> u64 {
 }
 
 impl Status {
+    /// How long before `now_ms` the control thread last beat, ms (0 when
+    /// the clock went back).
+    pub fn control_silent_ms(&self, now_ms: u64) -> u64 {
+        now_ms.saturating_sub(Self::get(&self.control_heartbeat_ms))
+    }
+
     /// Why this replica is not healthy, if it is not: its control thread
     /// has not run for 5 s, or it delivered nothing for `stall_after_ms`
     /// while requests wait or a state transfer runs (a replica stuck
     /// behind, or a cluster without a working regency).
     pub fn health(&self, now_ms: u64) -> Result<(), String> {
-        let beat = Self::get(&self.control_heartbeat_ms);
-        if now_ms.saturating_sub(beat) > 5_000 {
-            return Err(format!(
-                "control thread silent for {} ms",
-                now_ms.saturating_sub(beat)
-            ));
+        let silent = self.control_silent_ms(now_ms);
+        if silent > 5_000 {
+            return Err(format!("control thread silent for {silent} ms"));
         }
         let idle = now_ms.saturating_sub(Self::get(&self.last_progress_ms));
         let pending = Self::get(&self.pending_requests);
