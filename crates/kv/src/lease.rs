@@ -526,12 +526,15 @@ mod tests {
         let mut v1 = plain.snapshot();
         let lease_and_alarm_parts = 8 + 4 + 4;
         let empty_auth_part = 1 + 8 + 4 + 4;
-        v1.truncate(v1.len() - lease_and_alarm_parts - empty_auth_part);
+        let one_range_part = 4 + 8;
+        v1.truncate(v1.len() - lease_and_alarm_parts - empty_auth_part - one_range_part);
         v1[6] = 1;
         assert_eq!(Store::restore(&v1).unwrap(), plain);
         // A key naming a lease the table lacks is refused.
         let mut bad = s.snapshot();
-        bad.truncate(bad.len() - (8 + 4 + 2 * (8 + 8 + 8 + 4) + 2 + 4) - empty_auth_part);
+        bad.truncate(
+            bad.len() - (8 + 4 + 2 * (8 + 8 + 8 + 4) + 2 + 4) - empty_auth_part - one_range_part,
+        );
         bad[6] = 2; // version 2: no auth part
         bad.extend_from_slice(&s.lease_epoch.to_be_bytes());
         bad.extend_from_slice(&0u32.to_be_bytes()); // no leases

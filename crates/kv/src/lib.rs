@@ -14,7 +14,8 @@
 //!   [`Store::set_quota_bytes`], [`KvError::NoSpace`].
 //! - [`command`]: the replicated [`Command`] and batch encoding.
 //! - Snapshots, the state digest and HashKV: [`Store::snapshot`],
-//!   [`Store::restore`], [`Store::state_digest`], [`Store::hash_kv`].
+//!   [`Store::restore`], [`Store::state_digest`] (kept as writes execute,
+//!   over the revision ranges of [`digest`]), [`Store::hash_kv`].
 //! - Watch reads: [`Store::watch_events`], the changes of a key range
 //!   from a revision on (etcd's watchable store), from a revision index.
 //!
@@ -24,6 +25,7 @@
 mod alarm;
 pub mod auth;
 pub mod command;
+pub mod digest;
 pub mod error;
 pub mod lease;
 mod snapshot;

@@ -1,10 +1,10 @@
 //! The canonical encoding of a [`Store`]'s logical state: snapshots for
 //! checkpoints and state transfer, the state digest, and the HashKV hash.
 //!
-//! Snapshot format, version 3 (big-endian, lengths and counts `u32`):
+//! Snapshot format, version 4 (big-endian, lengths and counts `u32`):
 //!
 //! ```text
-//! magic "bftdkv" | version u8 = 2
+//! magic "bftdkv" | version u8 = 4
 //! current_revision i64 | compact_revision i64 | key count u32
 //! per key, ascending:  key bytes | entry count u32 | entries
 //! per entry, ascending (main, sub):
@@ -20,16 +20,21 @@
 //! role count u32 | per role, ascending name: name bytes
 //!   | permission count u32 | per permission, ascending (key, range_end):
 //!   key bytes | range_end bytes | kind u8 (0 read, 1 write, 2 both)
+//! digest range count u32 | per range, ascending: start i64
 //! ```
 //!
-//! Version 2 (written before auth) is the same without the auth part, and
-//! version 1 (before leases and alarms) also without the lease and alarm
-//! parts; both still restore, with what they lack empty.
+//! Version 3 (written before digest ranges) is the same without the range
+//! starts: they are cut afresh from the entries in revision order, as the
+//! store cuts them while executing ([`crate::digest`]). Version 2 (before
+//! auth) also lacks the auth part, and version 1 (before leases and
+//! alarms) also the lease and alarm parts; all still restore, with what
+//! they lack empty.
 //!
-//! The encoding is a function of the logical state alone (no capacities,
-//! no configuration: neither the txn-ops limit nor the space quota), so
-//! equal states give equal bytes and
-//! [`Store::state_digest`] is the BLAKE3 digest of [`Store::snapshot`].
+//! The encoding is a function of the replicated state alone (no
+//! capacities, no configuration: neither the txn-ops limit nor the space
+//! quota), so equal states give equal bytes. [`Store::state_digest`] is not
+//! a hash of these bytes: it is kept as writes execute
+//! ([`crate::digest`]) and costs no pass over the store.
 
 use std::collections::BTreeMap;
 
@@ -43,7 +48,9 @@ use crate::store::{
 };
 
 const MAGIC: &[u8; 6] = b"bftdkv";
-const VERSION: u8 = 3;
+const VERSION: u8 = 4;
+/// Snapshots written before digest ranges existed.
+const VERSION_NO_RANGES: u8 = 3;
 /// Snapshots written before auth existed.
 const VERSION_NO_AUTH: u8 = 2;
 /// Snapshots written before leases existed.
@@ -58,6 +65,8 @@ const ENTRY_BYTES_MIN: usize = 8 + 8 + 1;
 const KEY_BYTES_MIN: usize = 4 + 1 + 4 + ENTRY_BYTES_MIN;
 /// Domain separation of the HashKV hash from other BLAKE3 uses.
 const HASH_KV_DOMAIN: &[u8] = b"bftd kv hashkv v1";
+/// Domain separation of the state digest from other BLAKE3 uses.
+const STATE_DOMAIN: &[u8] = b"bftd kv state v4";
 
 /// Where encoded bytes go: a buffer (snapshot) or a hasher (digests).
 trait Sink {
@@ -92,6 +101,23 @@ impl Sink for Hasher {
     }
 }
 
+/// Feeds a BLAKE3 hasher in XOF mode (entry hashes, `crate::digest`).
+struct Xof<'a>(&'a mut blake3::Hasher);
+
+impl Sink for Xof<'_> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+}
+
+/// Feeds `h` the canonical encoding of entry `e` of `key`: the key
+/// (length-prefixed) and the entry as a snapshot encodes it.
+pub(crate) fn feed_keyed_entry(h: &mut blake3::Hasher, key: &[u8], e: &Entry) {
+    let mut out = Xof(h);
+    out.bytes(key);
+    encode_entry(&mut out, e);
+}
+
 fn encode_entry(out: &mut impl Sink, e: &Entry) {
     out.i64(e.rev.main);
     out.i64(e.rev.sub);
@@ -120,6 +146,17 @@ fn encode_store(store: &Store, out: &mut impl Sink) {
             encode_entry(out, e);
         }
     }
+    encode_small_state(store, out);
+    out.count(store.ranges.ranges().len());
+    for r in store.ranges.ranges() {
+        out.i64(r.start);
+    }
+}
+
+/// Leases, alarms and auth: the parts of the state kept whole in the heap
+/// (a snapshot encodes them between the keys and the range starts; the
+/// state digest hashes them at every call).
+fn encode_small_state(store: &Store, out: &mut impl Sink) {
     out.i64(store.lease_epoch as i64);
     out.count(store.leases.len());
     for (id, ttl_s, epoch, voters) in store.lease_rows() {
@@ -439,7 +476,14 @@ impl Store {
             return Err(DecodeError::Invalid("kv snapshot magic"));
         }
         let version = r.u8()?;
-        if ![VERSION, VERSION_NO_AUTH, VERSION_NO_LEASES].contains(&version) {
+        if ![
+            VERSION,
+            VERSION_NO_RANGES,
+            VERSION_NO_AUTH,
+            VERSION_NO_LEASES,
+        ]
+        .contains(&version)
+        {
             return Err(DecodeError::BadVersion(version));
         }
         let current = i64_field(&mut r)?;
@@ -484,10 +528,21 @@ impl Store {
             store.set_lease_rows(epoch, rows);
             store.alarms = decode_alarms(&mut r)?;
         }
-        if version >= VERSION {
+        if version >= VERSION_NO_RANGES {
             store.auth = std::sync::Arc::new(decode_auth(&mut r)?);
         }
+        let starts = if version >= VERSION {
+            let n = r.count("digest ranges", usize::MAX, 8)?;
+            let mut starts = Vec::with_capacity(n);
+            for _ in 0..n {
+                starts.push(i64_field(&mut r)?);
+            }
+            starts
+        } else {
+            cut_ranges(&keys)
+        };
         r.finish()?;
+        store.ranges = ranges_of(&keys, &starts, current)?;
         store.keys = keys;
         store.current_revision = current;
         store.compact_revision = compact;
@@ -498,13 +553,33 @@ impl Store {
         Ok(store)
     }
 
-    /// BLAKE3 digest of the canonical encoding of the logical state: equal
-    /// to `wire::hash::digest(&self.snapshot())`, computed without building
-    /// the snapshot. Replicas with the same state have the same digest.
+    /// The digest of the replicated state, kept as writes execute: BLAKE3
+    /// over a domain tag, the current and compaction revisions, every
+    /// digest range (start, entries, bytes, digest of its LtHash; see
+    /// [`crate::digest`]) and the leases, alarms and auth as a snapshot
+    /// encodes them. Costs O(ranges + leases + users + roles), not a pass
+    /// over the keys. Replicas with the same state have the same digest,
+    /// and `restore(snapshot())` has the digest of the store it came from.
     pub fn state_digest(&self) -> Digest {
         let mut h = Hasher::new();
-        encode_store(self, &mut h);
+        h.put(STATE_DOMAIN);
+        h.i64(self.current_revision);
+        h.i64(self.compact_revision);
+        h.count(self.ranges.ranges().len());
+        for r in self.ranges.ranges() {
+            h.i64(r.start);
+            h.i64(r.entries as i64);
+            h.i64(r.bytes as i64);
+            h.put(r.hash.digest().as_bytes());
+        }
+        encode_small_state(self, &mut h);
         h.finalize()
+    }
+
+    /// The digest ranges (see [`crate::digest`]), ascending; the last one is
+    /// open.
+    pub fn digest_ranges(&self) -> &[crate::digest::Range] {
+        self.ranges.ranges()
     }
 
     /// etcd Maintenance.Hash: a 32-bit hash of the whole state, the first
@@ -556,4 +631,57 @@ impl Store {
             self.compact_revision,
         ))
     }
+}
+
+/// Range starts for a snapshot written before ranges existed: the entries
+/// in revision order, cut after each revision that leaves the current
+/// range at [`crate::digest::RANGE_BYTES_TARGET`] bytes or more, as
+/// `Ranges::close_if_full` cuts while executing.
+fn cut_ranges(keys: &BTreeMap<Vec<u8>, History>) -> Vec<i64> {
+    let mut by_revision: Vec<(i64, u64)> = keys
+        .iter()
+        .flat_map(|(k, h)| {
+            h.entries
+                .iter()
+                .map(move |e| (e.rev.main, entry_bytes(k, &e.event)))
+        })
+        .collect();
+    by_revision.sort_unstable();
+    let mut starts = vec![1];
+    let mut bytes = 0u64;
+    for (i, (main, b)) in by_revision.iter().enumerate() {
+        bytes += b;
+        let revision_ends = by_revision.get(i + 1).is_none_or(|(next, _)| next != main);
+        if revision_ends && bytes >= crate::digest::RANGE_BYTES_TARGET {
+            starts.push(main + 1);
+            bytes = 0;
+        }
+    }
+    starts
+}
+
+/// The digest ranges at `starts` over every entry of `keys`. Errors when
+/// the starts are out of order, an entry lies below the first range, a
+/// closed range is empty, or the open range starts past the next revision.
+fn ranges_of(
+    keys: &BTreeMap<Vec<u8>, History>,
+    starts: &[i64],
+    current_revision: i64,
+) -> Result<crate::digest::Ranges, DecodeError> {
+    let bad = DecodeError::Invalid("kv snapshot: digest ranges");
+    let mut ranges = crate::digest::Ranges::with_starts(starts).ok_or(bad.clone())?;
+    if starts.last().is_some_and(|s| *s > current_revision + 1) {
+        return Err(bad);
+    }
+    for (key, history) in keys {
+        for e in &history.entries {
+            if !ranges.add(key, e, entry_bytes(key, &e.event)) {
+                return Err(bad);
+            }
+        }
+    }
+    if !ranges.closed_ranges_hold_entries() {
+        return Err(bad);
+    }
+    Ok(ranges)
 }

@@ -117,7 +117,14 @@ impl History {
     /// newest one with `main <= rev`, and that one too if it is a
     /// tombstone. Returns whether anything is left; adds the
     /// [`entry_bytes`] of what it dropped to `freed`.
-    fn compact(&mut self, key: &[u8], rev: i64, freed: &mut u64) -> bool {
+    /// Removes what it drops from the digest `ranges`.
+    fn compact(
+        &mut self,
+        key: &[u8],
+        rev: i64,
+        freed: &mut u64,
+        ranges: &mut crate::digest::Ranges,
+    ) -> bool {
         let n = self.entries.partition_point(|e| e.rev.main <= rev);
         if let Some(last) = n.checked_sub(1) {
             let drop = match self.entries[last].event {
@@ -125,7 +132,9 @@ impl History {
                 Event::Tombstone => last + 1,
             };
             for e in self.entries.drain(..drop) {
-                *freed += entry_bytes(key, &e.event);
+                let bytes = entry_bytes(key, &e.event);
+                *freed += bytes;
+                ranges.remove(key, &e, bytes);
             }
         }
         !self.entries.is_empty()
@@ -307,6 +316,10 @@ pub struct Store {
     /// Users, roles and permissions (see `auth.rs`); shared with readers
     /// until the next change.
     pub(crate) auth: std::sync::Arc<crate::auth::AuthStore>,
+    /// The revision ranges and their set hashes over every history entry
+    /// (see `digest.rs`): kept by `commit` and compaction, so the state
+    /// digest needs no pass over `keys`.
+    pub(crate) ranges: crate::digest::Ranges,
 }
 
 impl Default for Store {
@@ -342,6 +355,7 @@ impl Store {
             lease_votes_needed: 1,
             alarms: std::collections::BTreeSet::new(),
             auth: Default::default(),
+            ranges: crate::digest::Ranges::new(),
         }
     }
 
@@ -900,8 +914,17 @@ impl Store {
                     main: self.current_revision,
                     sub: sub as i64,
                 };
+                let history = self.keys.get(&key).expect("a touched key has a history");
+                let i = history
+                    .entries
+                    .binary_search_by(|e| e.rev.cmp(&rev))
+                    .expect("each change of the txn is in its key's history");
+                let e = &history.entries[i];
+                let added = self.ranges.add(&key, e, entry_bytes(&key, &e.event));
+                assert!(added, "a new revision lies in the open range");
                 self.changes.insert(rev, key);
             }
+            self.ranges.close_if_full(self.current_revision + 1);
         }
     }
 
@@ -1151,7 +1174,10 @@ impl Store {
             return Err(KvError::FutureRevision);
         }
         let mut freed = 0;
-        self.keys.retain(|k, h| h.compact(k, revision, &mut freed));
+        let ranges = &mut self.ranges;
+        self.keys
+            .retain(|k, h| h.compact(k, revision, &mut freed, ranges));
+        self.ranges.merge_after_compaction();
         self.size_bytes = self
             .size_bytes
             .checked_sub(freed)

@@ -745,6 +745,10 @@ proptest! {
         prop_assert_eq!(restored.snapshot(), s.snapshot());
         prop_assert_eq!(restored.key_count(), s.key_count());
         prop_assert_eq!(restored.size_bytes(), s.size_bytes());
+        // The digest kept as the commands executed equals one counted
+        // afresh from the entries.
+        prop_assert_eq!(restored.digest_ranges(), s.digest_ranges());
+        prop_assert_eq!(restored.state_digest(), s.state_digest());
     }
 
     /// Under a quota a few writes above the seeded size, the same hostile
