@@ -970,6 +970,42 @@ mod tests {
     }
 
     #[test]
+    fn the_cluster_shape_gauges_come_from_the_config() {
+        let mut c = ClusterConfig::default_template();
+        c.protocol.checkpoint_period = 64;
+        for i in 0..7 {
+            c.replicas.push(crate::config::ReplicaEntry {
+                id: i,
+                public_key: wire::SecretKey::generate().public().to_hex(),
+                client_addr: ([127, 0, 0, 1], 1000 + i).into(),
+                client_plain_addr: None,
+                replica_addr: ([127, 0, 0, 1], 2000 + i).into(),
+                http_addr: ([127, 0, 0, 1], 3000 + i).into(),
+                key_file: None,
+            });
+        }
+        let shape = ClusterShape::of(&c);
+        assert_eq!(
+            shape,
+            ClusterShape {
+                replicas: 7,
+                quorum: 5,
+                checkpoint_period: 64
+            }
+        );
+    }
+
+    #[test]
+    fn the_resident_set_size_is_read_from_proc_and_grows_with_touched_memory() {
+        let before = resident_memory_bytes().expect("/proc/self/statm on Linux");
+        assert!(before > 1 << 20, "{before} bytes");
+        let touched = std::hint::black_box(vec![1u8; 64 << 20]);
+        let after = resident_memory_bytes().unwrap();
+        assert!(after >= before + (32 << 20), "{before} -> {after}");
+        drop(touched);
+    }
+
+    #[test]
     fn the_first_proxy_seq_is_above_any_earlier_run_even_after_the_data_dir_is_wiped() {
         let dir = std::env::temp_dir().join(format!("bftd-seq-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
