@@ -12,6 +12,7 @@ command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler) # etcd-client cra
 command -v ip >/dev/null 2>&1 || need+=(iproute2)           # network-namespace fault tests
 command -v curl >/dev/null 2>&1 || need+=(curl)             # TLS status port and JSON gateway tests
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd) # unit file verification
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)   # alert rules and a real scrape of a test cluster
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing test dependencies: ${need[*]}"
     SUDO=""

@@ -7,6 +7,7 @@ pub mod etcd_cluster;
 pub mod failover;
 pub mod flood;
 pub mod flooder;
+pub mod html_report;
 pub mod kv_compare;
 pub mod loadgen;
 pub mod netns;

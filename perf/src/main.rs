@@ -54,6 +54,9 @@ enum Command {
     FloodCleanup,
     /// Redraw the flood plot (SVG) from a flood.csv.
     PlotFlood(PlotFloodArgs),
+    /// One self-contained HTML page from a run's CSVs: a table per CSV,
+    /// the flood plot, latency and throughput per system.
+    Report(ReportArgs),
     /// (Internal, used by `flood`.) Send UDP garbage at a fixed rate.
     #[command(hide = true)]
     FloodSend(FloodSendArgs),
@@ -325,6 +328,20 @@ struct PlotFloodArgs {
 }
 
 #[derive(Args, Debug)]
+struct ReportArgs {
+    /// Results directories (searched for *.csv) or CSV files.
+    #[arg(required = true)]
+    inputs: Vec<PathBuf>,
+    /// The page to write (default: report.html in the one directory
+    /// given, else perf/out/report.html).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// The page's title (default: the inputs).
+    #[arg(long)]
+    title: Option<String>,
+}
+
+#[derive(Args, Debug)]
 struct FloodSendArgs {
     #[arg(long)]
     target: SocketAddrV4,
@@ -560,6 +577,29 @@ fn run(cli: Cli) -> Result<()> {
                 .with_context(|| format!("parse {}", args.csv.display()))?;
             perf::plot::flood_svg(&args.out, &rows)?;
             println!("wrote {}", args.out.display());
+        }
+        Command::Report(args) => {
+            let files = perf::html_report::csv_files(&args.inputs)?;
+            let title = args.title.unwrap_or_else(|| {
+                let names: Vec<String> = args
+                    .inputs
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect();
+                format!("bftd benchmark results: {}", names.join(", "))
+            });
+            let html = perf::html_report::html_page(&title, &files)?;
+            let out = match (args.out, args.inputs.as_slice()) {
+                (Some(out), _) => out,
+                (None, [dir]) if dir.is_dir() => dir.join("report.html"),
+                (None, _) => PathBuf::from("perf/out/report.html"),
+            };
+            if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("create {}", parent.display()))?;
+            }
+            std::fs::write(&out, html).with_context(|| format!("write {}", out.display()))?;
+            println!("wrote {} ({} CSV files)", out.display(), files.len());
         }
         Command::FloodSend(_) => unreachable!("handled before the runtime starts"),
     }

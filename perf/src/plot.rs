@@ -106,6 +106,27 @@ const PANEL_HEIGHT: u32 = 360;
 /// Writes one SVG with a grid of panels: rows = flood kinds, columns =
 /// victim roles that were measured.
 pub fn flood_svg(path: &Path, rows: &[PlotRow]) -> Result<()> {
+    let size = flood_svg_size(rows)?;
+    let root = SVGBackend::new(path, size).into_drawing_area();
+    draw_flood(&root, rows)?;
+    root.present()
+        .with_context(|| format!("write {}", path.display()))?;
+    Ok(())
+}
+
+/// Like [`flood_svg`], the SVG document as a string (for an HTML page).
+pub fn flood_svg_string(rows: &[PlotRow]) -> Result<String> {
+    let size = flood_svg_size(rows)?;
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
+        draw_flood(&root, rows)?;
+        root.present().map_err(plot_error)?;
+    }
+    Ok(svg)
+}
+
+fn flood_kinds_and_roles(rows: &[PlotRow]) -> (Vec<FloodKind>, Vec<VictimRole>) {
     let kinds: Vec<FloodKind> = FloodKind::ALL
         .into_iter()
         .filter(|k| rows.iter().any(|r| r.kind == Some(*k)))
@@ -114,12 +135,24 @@ pub fn flood_svg(path: &Path, rows: &[PlotRow]) -> Result<()> {
         .into_iter()
         .filter(|role| rows.iter().any(|r| r.role == *role))
         .collect();
+    (kinds, roles)
+}
+
+/// (width, height) in pixels of the flood plot of `rows`.
+fn flood_svg_size(rows: &[PlotRow]) -> Result<(u32, u32)> {
+    let (kinds, roles) = flood_kinds_and_roles(rows);
     anyhow::ensure!(!kinds.is_empty() && !roles.is_empty(), "nothing to plot");
-    let size = (
+    Ok((
         PANEL_WIDTH * roles.len() as u32,
         PANEL_HEIGHT * kinds.len() as u32 + 40,
-    );
-    let root = SVGBackend::new(path, size).into_drawing_area();
+    ))
+}
+
+fn draw_flood(
+    root: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
+    rows: &[PlotRow],
+) -> Result<()> {
+    let (kinds, roles) = flood_kinds_and_roles(rows);
     root.fill(&WHITE).map_err(plot_error)?;
     let (title, body) = root.split_vertically(40);
     title
@@ -134,8 +167,6 @@ pub fn flood_svg(path: &Path, rows: &[PlotRow]) -> Result<()> {
         let role = roles[i % roles.len()];
         draw_panel(panel, rows, kind, role)?;
     }
-    root.present()
-        .with_context(|| format!("write {}", path.display()))?;
     Ok(())
 }
 
@@ -252,7 +283,7 @@ fn draw_panel(
     Ok(())
 }
 
-fn plot_error<E: std::fmt::Debug>(e: E) -> anyhow::Error {
+pub(crate) fn plot_error<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow::anyhow!("plot: {e:?}")
 }
 

@@ -42,6 +42,7 @@ pub fn run(
         faults: fault_injection.then(|| running.faults.clone()),
         hist: running.hist.clone(),
         client_port: Default::default(),
+        shape: replica::ClusterShape::of(&config),
     });
     let fd_limit = raise_open_files_limit();
     let a = &config.api;

@@ -77,6 +77,11 @@ pub struct LeaseInfo {
 }
 
 impl Store {
+    /// How many leases are granted now (not revoked, not expired).
+    pub fn lease_count(&self) -> usize {
+        self.leases.len()
+    }
+
     /// The leases granted now, by id, without their keys.
     pub fn leases(&self) -> Vec<LeaseInfo> {
         self.leases

@@ -573,6 +573,45 @@ pub struct Observer {
     /// The client port's connection table, once it exists (its counters
     /// are exported as `bftd_client_*`).
     pub client_port: std::sync::OnceLock<Arc<api::client_port::ConnTable>>,
+    /// The cluster's shape from the config, exported as gauges so alert
+    /// rules can compare against it (`bftd_replicas`,
+    /// `bftd_quorum_replicas`, `bftd_checkpoint_period`).
+    pub shape: ClusterShape,
+}
+
+/// The parts of the config that alert rules and dashboards compare live
+/// values against; constant for the life of the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClusterShape {
+    /// n, the number of replicas in the config.
+    pub replicas: u64,
+    /// The Byzantine quorum, ceil((n+f+1)/2) replicas (2f+1 when n = 3f+1).
+    pub quorum: u64,
+    /// Consensus instances between two checkpoints (`[protocol]
+    /// checkpoint_period`): a replica further behind than this catches up
+    /// by state transfer.
+    pub checkpoint_period: u64,
+}
+
+impl ClusterShape {
+    /// The shape of `config`.
+    pub fn of(config: &ClusterConfig) -> Self {
+        Self {
+            replicas: config.n() as u64,
+            quorum: config.control_config(0).quorum() as u64,
+            checkpoint_period: config.protocol.checkpoint_period,
+        }
+    }
+}
+
+/// This process's resident set size, bytes (`/proc/self/statm`'s second
+/// field times the page size); `None` where that file cannot be read.
+pub fn resident_memory_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions; it returns -1 on error.
+    let page_bytes = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(page_bytes).ok().map(|p| pages * p)
 }
 
 impl std::fmt::Debug for Observer {
@@ -599,6 +638,31 @@ impl Source for Observer {
                 g(&s.last_applied_cid),
             ),
             Sample::gauge("revision", "Key-value store revision", g(&s.revision)),
+            Sample::gauge(
+                "healthy",
+                "1 when /healthz answers 200 (control thread alive, decisions moving while requests wait), else 0",
+                u64::from(s.health(status::now_ms()).is_ok()),
+            ),
+            Sample::gauge(
+                "state_transfer_running",
+                "1 while this replica fetches the state from others",
+                g(&s.transferring),
+            ),
+            Sample::gauge(
+                "replicas",
+                "Replicas in the cluster config (n)",
+                self.shape.replicas,
+            ),
+            Sample::gauge(
+                "quorum_replicas",
+                "Byzantine quorum: replicas that must agree, ceil((n+f+1)/2)",
+                self.shape.quorum,
+            ),
+            Sample::gauge(
+                "checkpoint_period",
+                "Consensus instances between two checkpoints (config)",
+                self.shape.checkpoint_period,
+            ),
             Sample::gauge(
                 "pending_requests",
                 "Requests waiting to be ordered",
@@ -805,6 +869,31 @@ impl Source for Observer {
             "Watchers canceled because compaction passed them",
             load(&w.compacted),
         ));
+        {
+            let store = self.store.read();
+            v.push(Sample::gauge(
+                "leases",
+                "Leases granted and not yet revoked or expired",
+                store.lease_count() as u64,
+            ));
+            v.push(Sample::gauge(
+                "keys",
+                "Keys that exist at the current revision",
+                store.key_count() as u64,
+            ));
+            v.push(Sample::gauge(
+                "store_size_bytes",
+                "Logical size of the store with its history (what the space quota limits)",
+                store.size_bytes(),
+            ));
+        }
+        if let Some(rss) = resident_memory_bytes() {
+            v.push(Sample::gauge(
+                "process_resident_memory_bytes",
+                "Resident set size of this replica's process (/proc/self/statm)",
+                rss,
+            ));
+        }
         for m in self.nic.metrics() {
             let name = m.name.strip_suffix("_total").unwrap_or(m.name);
             let mut sample =
@@ -878,6 +967,42 @@ mod tests {
         assert!(err.contains("control_core = 99999"), "{err}");
         c.dataplane.pin_cores = PinCores::Off;
         assert_eq!(pinning(&c).unwrap(), (None, None));
+    }
+
+    #[test]
+    fn the_cluster_shape_gauges_come_from_the_config() {
+        let mut c = ClusterConfig::default_template();
+        c.protocol.checkpoint_period = 64;
+        for i in 0..7 {
+            c.replicas.push(crate::config::ReplicaEntry {
+                id: i,
+                public_key: wire::SecretKey::generate().public().to_hex(),
+                client_addr: ([127, 0, 0, 1], 1000 + i).into(),
+                client_plain_addr: None,
+                replica_addr: ([127, 0, 0, 1], 2000 + i).into(),
+                http_addr: ([127, 0, 0, 1], 3000 + i).into(),
+                key_file: None,
+            });
+        }
+        let shape = ClusterShape::of(&c);
+        assert_eq!(
+            shape,
+            ClusterShape {
+                replicas: 7,
+                quorum: 5,
+                checkpoint_period: 64
+            }
+        );
+    }
+
+    #[test]
+    fn the_resident_set_size_is_read_from_proc_and_grows_with_touched_memory() {
+        let before = resident_memory_bytes().expect("/proc/self/statm on Linux");
+        assert!(before > 1 << 20, "{before} bytes");
+        let touched = std::hint::black_box(vec![1u8; 64 << 20]);
+        let after = resident_memory_bytes().unwrap();
+        assert!(after >= before + (32 << 20), "{before} -> {after}");
+        drop(touched);
     }
 
     #[test]
