@@ -996,12 +996,14 @@ mod tests {
     }
 
     #[test]
-    fn the_resident_set_size_is_read_from_proc_and_grows_with_touched_memory() {
+    fn the_resident_set_size_is_read_from_proc_and_counts_touched_memory() {
         let before = resident_memory_bytes().expect("/proc/self/statm on Linux");
         assert!(before > 1 << 20, "{before} bytes");
+        // Every page of this buffer is written, so it is resident while
+        // it lives, whatever other tests of this process free meanwhile.
         let touched = std::hint::black_box(vec![1u8; 64 << 20]);
         let after = resident_memory_bytes().unwrap();
-        assert!(after >= before + (32 << 20), "{before} -> {after}");
+        assert!(after >= 64 << 20, "{before} -> {after}");
         drop(touched);
     }
 
