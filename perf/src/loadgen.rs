@@ -158,7 +158,28 @@ pub struct LoadgenReport {
     pub latency_us_max: u64,
     pub latency_us_mean: f64,
     pub error_samples: Vec<String>,
+    /// Successful operations in the window that took [`STALL_US`] or more,
+    /// in start order (at most [`STALLS_MAX`]): when they started and on
+    /// which client, to line them up with what the servers did then.
+    pub stalls: Vec<Stall>,
+    /// Stalls beyond the [`STALLS_MAX`] kept.
+    pub stalls_dropped: u64,
 }
+
+/// An operation that took [`STALL_US`] or more (issue 11: "no stalls above
+/// 10 ms in 10,000 sequential 1-client puts").
+#[derive(Clone, Debug, Serialize)]
+pub struct Stall {
+    /// Start of the operation, ms after the measurement window opened.
+    pub at_ms: f64,
+    pub latency_ms: f64,
+    pub client: u32,
+}
+
+/// An operation at least this long is a stall, µs.
+pub const STALL_US: u64 = 10_000;
+/// Stalls kept per run (the rest are counted).
+pub const STALLS_MAX: usize = 1000;
 
 impl LoadgenReport {
     pub fn print_human(&self) {
@@ -187,6 +208,16 @@ impl LoadgenReport {
         for sample in &self.error_samples {
             println!("  error: {sample}");
         }
+        let total = self.stalls.len() as u64 + self.stalls_dropped;
+        if total > 0 {
+            println!(
+                "stalls (>= {} ms): {total}; first at (ms into the window) / latency ms / client:",
+                STALL_US / 1000
+            );
+            for s in self.stalls.iter().take(20) {
+                println!("  {:>10.1}  {:>8.1}  {}", s.at_ms, s.latency_ms, s.client);
+            }
+        }
     }
 }
 
@@ -209,6 +240,8 @@ struct ClientResult {
     errors: u64,
     error_samples: Vec<String>,
     ops_max_reached: bool,
+    stalls: Vec<Stall>,
+    stalls_dropped: u64,
 }
 
 /// Runs the load and returns the merged report.
@@ -249,8 +282,12 @@ pub async fn run(config: &LoadgenConfig) -> Result<LoadgenReport> {
     let mut errors = 0;
     let mut error_samples = Vec::new();
     let mut ops_max_reached = false;
+    let mut stalls = Vec::new();
+    let mut stalls_dropped = 0;
     while let Some(joined) = tasks.join_next().await {
         let result = joined.context("load generator client task failed")?;
+        stalls.extend(result.stalls);
+        stalls_dropped += result.stalls_dropped;
         histogram
             .add(&result.histogram)
             .context("merge histograms")?;
@@ -259,6 +296,11 @@ pub async fn run(config: &LoadgenConfig) -> Result<LoadgenReport> {
         for sample in result.error_samples {
             add_error_sample(&mut error_samples, sample);
         }
+    }
+    stalls.sort_by(|a: &Stall, b: &Stall| a.at_ms.total_cmp(&b.at_ms));
+    if stalls.len() > STALLS_MAX {
+        stalls_dropped += (stalls.len() - STALLS_MAX) as u64;
+        stalls.truncate(STALLS_MAX);
     }
     // If the op budget ended the run early, the window is shorter.
     let measured_end = Instant::now().min(measure_end);
@@ -285,6 +327,8 @@ pub async fn run(config: &LoadgenConfig) -> Result<LoadgenReport> {
         latency_us_max: histogram.max(),
         latency_us_mean: histogram.mean(),
         error_samples,
+        stalls,
+        stalls_dropped,
     })
 }
 
@@ -305,6 +349,8 @@ async fn client_loop(
         errors: 0,
         error_samples: Vec::new(),
         ops_max_reached: false,
+        stalls: Vec::new(),
+        stalls_dropped: 0,
     };
     loop {
         let started = Instant::now();
@@ -335,7 +381,20 @@ async fn client_loop(
             )),
         };
         match error {
-            None if in_window => result.histogram.saturating_record(latency_us.max(1)),
+            None if in_window => {
+                result.histogram.saturating_record(latency_us.max(1));
+                if latency_us >= STALL_US {
+                    if result.stalls.len() < STALLS_MAX {
+                        result.stalls.push(Stall {
+                            at_ms: started.duration_since(measure_start).as_secs_f64() * 1e3,
+                            latency_ms: us_to_ms(latency_us),
+                            client: index,
+                        });
+                    } else {
+                        result.stalls_dropped += 1;
+                    }
+                }
+            }
             None => {}
             Some(message) => {
                 if in_window {
