@@ -29,6 +29,7 @@
 //! replica links.
 
 mod filter;
+pub mod netns;
 pub mod port;
 mod ring;
 
