@@ -12,6 +12,11 @@ command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler) # etcd-client cra
 command -v ip >/dev/null 2>&1 || need+=(iproute2)           # network-namespace fault tests
 command -v curl >/dev/null 2>&1 || need+=(curl)             # TLS status port and JSON gateway tests
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd) # unit file verification
+# The `dpdk` feature's build (bindgen over DPDK's headers, its libraries and
+# virtual-device drivers); the default build needs none of these.
+command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+pkg-config --exists libdpdk 2>/dev/null || need+=(libdpdk-dev)
+ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || need+=(libclang-dev)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing test dependencies: ${need[*]}"
     SUDO=""
@@ -21,3 +26,10 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 cargo test --workspace --locked "$@"
+
+# Replica links over DPDK (feature `dpdk`, outside the default build): the
+# EAL on a loopback ring port, links between processes over net_af_packet
+# on veths in network namespaces, and a 4-replica cluster on them serving
+# etcdctl through a leader's SIGKILL (the last two skip without root).
+cargo test -p nic --features dpdk --locked --test dpdk_eal --test dpdk_link
+cargo test -p bftd --features dpdk --locked --test dpdk
