@@ -13,6 +13,11 @@ command -v ip >/dev/null 2>&1 || need+=(iproute2)           # network-namespace 
 command -v curl >/dev/null 2>&1 || need+=(curl)             # TLS status port and JSON gateway tests
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd) # unit file verification
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)   # alert rules and a real scrape of a test cluster
+# The `dpdk` feature's build (bindgen over DPDK's headers, its libraries and
+# virtual-device drivers); the default build needs none of these.
+command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+pkg-config --exists libdpdk 2>/dev/null || need+=(libdpdk-dev)
+ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || need+=(libclang-dev)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing test dependencies: ${need[*]}"
     SUDO=""
@@ -22,3 +27,10 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 cargo test --workspace --locked "$@"
+
+# Replica links over DPDK (feature `dpdk`, outside the default build): the
+# EAL on a loopback ring port, links between processes over net_af_packet
+# on veths in network namespaces, and a 4-replica cluster on them serving
+# etcdctl through a leader's SIGKILL (the last two skip without root).
+cargo test -p nic --features dpdk --locked --test dpdk_eal --test dpdk_link
+cargo test -p bftd --features dpdk --locked --test dpdk

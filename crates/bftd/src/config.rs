@@ -107,6 +107,24 @@ pub const QUOTA_BACKEND_BYTES_MAX: u64 = 64 << 30;
 /// Defaults of fields added after the first config format, so older
 /// config files still load (the values of `configs/default.toml`).
 mod defaults {
+    pub fn dpdk_port() -> String {
+        "0".into()
+    }
+    pub fn dpdk_prefix_len() -> u8 {
+        24
+    }
+    pub fn dpdk_descriptors() -> u16 {
+        256
+    }
+    pub fn dpdk_socket_buffer_bytes() -> usize {
+        256 * 1024
+    }
+    pub fn dpdk_link_timeout_ms() -> u64 {
+        3000
+    }
+    pub fn dpdk_poll_idle_us() -> u64 {
+        50
+    }
     pub fn request_timeout_ms() -> u64 {
         1000
     }
@@ -226,11 +244,67 @@ pub struct Dataplane {
     #[serde(default)]
     pub rx_spin_us: u64,
     pub tx_queue_messages_max: usize,
-    /// Kernel interface of replica links: "uring" (io_uring, falls back to
-    /// epoll where refused) or "epoll".
+    /// Interface of replica links: "uring" (io_uring, falls back to epoll
+    /// where refused), "epoll", or "dpdk" (kernel bypass: the `[dpdk]`
+    /// section; needs a build with the `dpdk` feature).
     #[serde(default = "defaults::io")]
     pub io: String,
     pub control_queue_messages_max: usize,
+}
+
+/// `[dpdk]`: the kernel-bypass transport of replica links, used with
+/// `[dataplane] io = "dpdk"` (a build with the `dpdk` feature). Each
+/// replica's DPDK port answers for the IPv4 address of its `replica_addr`
+/// (a specific address, on the peers' subnet) and accepts links on its
+/// port; client traffic stays on the kernel's sockets (separate ports and
+/// queues). The EAL's main lcore is `[dataplane] dataplane_core` unless
+/// `eal_args` name cores (`-l`, `--lcores`, `-c`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dpdk {
+    /// EAL arguments of every replica, e.g. `["--in-memory"]` (hugepages,
+    /// no hugetlbfs mount needed) or `["--no-huge", "-m", "256"]`; each
+    /// replica's `dpdk_eal_args` (its device) follow.
+    #[serde(default)]
+    pub eal_args: Vec<String>,
+    /// Port id (`"0"`) or device name (`"net_af_packet0"`, a PCI address).
+    #[serde(default = "defaults::dpdk_port")]
+    pub port: String,
+    /// Receive and transmit queue of the port used for replica links.
+    #[serde(default)]
+    pub queue: u16,
+    /// Prefix length of the replicas' subnet on the port.
+    #[serde(default = "defaults::dpdk_prefix_len")]
+    pub prefix_len: u8,
+    /// Descriptors of the receive and of the transmit queue.
+    #[serde(default = "defaults::dpdk_descriptors")]
+    pub descriptors: u16,
+    /// TCP window per link (socket buffer), bytes.
+    #[serde(default = "defaults::dpdk_socket_buffer_bytes")]
+    pub socket_buffer_bytes: usize,
+    /// A link silent this long (keep-alives every third of it) is closed
+    /// and redialed, ms.
+    #[serde(default = "defaults::dpdk_link_timeout_ms")]
+    pub link_timeout_ms: u64,
+    /// Idle sleep of the poll loop between looks at the port, µs; 0 spins
+    /// (a dedicated dataplane core).
+    #[serde(default = "defaults::dpdk_poll_idle_us")]
+    pub poll_idle_us: u64,
+}
+
+impl Default for Dpdk {
+    fn default() -> Self {
+        Self {
+            eal_args: Vec::new(),
+            port: defaults::dpdk_port(),
+            queue: 0,
+            prefix_len: defaults::dpdk_prefix_len(),
+            descriptors: defaults::dpdk_descriptors(),
+            socket_buffer_bytes: defaults::dpdk_socket_buffer_bytes(),
+            link_timeout_ms: defaults::dpdk_link_timeout_ms(),
+            poll_idle_us: defaults::dpdk_poll_idle_us(),
+        }
+    }
 }
 
 /// `[api]`: the etcd API side.
@@ -369,6 +443,11 @@ pub struct ReplicaEntry {
     /// Secret key file; default `keys/replica-{id}.key` next to the config.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_file: Option<String>,
+    /// This replica's own EAL arguments with `[dataplane] io = "dpdk"`
+    /// (after `[dpdk] eal_args`): its device, e.g.
+    /// `["--vdev=net_af_packet0,iface=eth1"]` or `["-a", "0000:00:08.0"]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dpdk_eal_args: Vec<String>,
 }
 
 /// A whole cluster config file.
@@ -379,6 +458,9 @@ pub struct ClusterConfig {
     pub protocol: Protocol,
     pub storage: Storage,
     pub dataplane: Dataplane,
+    /// Only with `[dataplane] io = "dpdk"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dpdk: Option<Dpdk>,
     pub api: Api,
     #[serde(default, skip_serializing_if = "ClientTls::is_off")]
     pub client_tls: ClientTls,
@@ -546,9 +628,25 @@ impl ClusterConfig {
                 d.threads
             ));
         }
-        if d.io.parse::<nic::Io>().is_err() {
+        if d.io == "dpdk" {
+            if !cfg!(feature = "dpdk") {
+                return invalid(
+                    "[dataplane] io = \"dpdk\": this bftd was built without DPDK (build with \
+                     `--features dpdk`, or use \"uring\")",
+                );
+            }
+            for r in &self.replicas {
+                if !matches!(r.replica_addr, SocketAddr::V4(a) if !a.ip().is_unspecified()) {
+                    return invalid(format!(
+                        "replica {}: replica_addr {} must be a specific IPv4 address with \
+                         io = \"dpdk\" (the DPDK port answers for it)",
+                        r.id, r.replica_addr
+                    ));
+                }
+            }
+        } else if d.io.parse::<nic::Io>().is_err() {
             return invalid(format!(
-                "[dataplane] io = {:?}: use \"uring\" or \"epoll\"",
+                "[dataplane] io = {:?}: use \"uring\", \"epoll\" or \"dpdk\"",
                 d.io
             ));
         }
@@ -795,6 +893,7 @@ pub fn loopback_entry(id: u16, base_port: u16, public_key: &PublicKey) -> Replic
         replica_addr: at(10_000),
         http_addr: at(20_000),
         key_file: None,
+        dpdk_eal_args: Vec::new(),
     }
 }
 

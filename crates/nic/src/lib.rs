@@ -22,10 +22,15 @@
 //!   ([`Io::Uring`]); a connector thread does set-up only (accept, dial,
 //!   handshake, redial with bounded backoff).
 //! - [`MemNetwork`]: in-memory, same handshake and frames, for tests.
+//! - `dpdk::DpdkNic` (feature `dpdk`): the same links, handshake and frames
+//!   over a userspace TCP/IP stack (smoltcp) on one DPDK port, driven by
+//!   the dataplane thread's poll.
 //!
 //! Events of one peer arrive in order and form
 //! `(LinkUp(e) Frame(e)* LinkDown(e))*` with increasing epochs `e`.
 
+#[cfg(feature = "dpdk")]
+pub mod dpdk;
 mod fault;
 mod mem;
 mod stats;
@@ -41,7 +46,9 @@ use wire::ReplicaId;
 
 pub use fault::FaultSwitch;
 pub use mem::{MemConfig, MemNetwork, MemNode, MemRx, MemTx};
-pub use stats::{Metric, NicStats, NicStatsSnapshot, PeerStatsSnapshot, HANDSHAKE_FAILURE_LABELS};
+pub use stats::{
+    Metric, NicStats, NicStatsSnapshot, PeerStatsSnapshot, HANDSHAKE_FAILURE_LABELS, RX_JUNK_LABELS,
+};
 pub use tcp::{Connector, Io, TcpConfig, TcpNic, TcpRx, TcpTx};
 
 /// What a transport delivers, per peer in order.
@@ -130,6 +137,8 @@ pub struct RxWaker(WakeHow);
 enum WakeHow {
     Fd(Arc<crate::sys::EventFd>),
     Chan(crossbeam_channel::Sender<()>),
+    #[cfg(feature = "dpdk")]
+    Flag(Arc<dpdk::WakeFlag>),
 }
 
 impl RxWaker {
@@ -139,6 +148,8 @@ impl RxWaker {
             WakeHow::Chan(tx) => {
                 let _ = tx.try_send(()); // a pending wake is as good as two
             }
+            #[cfg(feature = "dpdk")]
+            WakeHow::Flag(flag) => flag.wake(),
         }
     }
     pub(crate) fn fd(fd: Arc<crate::sys::EventFd>) -> Self {
@@ -146,6 +157,10 @@ impl RxWaker {
     }
     pub(crate) fn chan(tx: crossbeam_channel::Sender<()>) -> Self {
         RxWaker(WakeHow::Chan(tx))
+    }
+    #[cfg(feature = "dpdk")]
+    pub(crate) fn flag(flag: Arc<dpdk::WakeFlag>) -> Self {
+        RxWaker(WakeHow::Flag(flag))
     }
 }
 

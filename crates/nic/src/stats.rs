@@ -29,6 +29,27 @@ pub const HANDSHAKE_FAILURE_LABELS: [&str; 13] = [
 
 const LABELS: usize = HANDSHAKE_FAILURE_LABELS.len();
 
+/// Labels of `rx_junk_drops`: why a kernel-bypass transport dropped a
+/// received packet in its poll loop before any copy (the kernel's TCP
+/// transport never counts these: the kernel drops such packets itself).
+/// `runt`: shorter than its headers, or chained mbufs; `not_ipv4_or_arp`:
+/// another EtherType; `not_ours`: unicast to another MAC or IPv4 address,
+/// or an ARP not asking for ours; `unknown_source`: IPv4 from an address
+/// that is no peer's; `not_tcp`: another IP protocol; `fragment`: an IP
+/// fragment; `wrong_port`: TCP neither to the replica port nor from a
+/// peer's replica port.
+pub const RX_JUNK_LABELS: [&str; 7] = [
+    "runt",
+    "not_ipv4_or_arp",
+    "not_ours",
+    "unknown_source",
+    "not_tcp",
+    "fragment",
+    "wrong_port",
+];
+
+const JUNK: usize = RX_JUNK_LABELS.len();
+
 fn label_index(label: &str) -> usize {
     HANDSHAKE_FAILURE_LABELS
         .iter()
@@ -71,6 +92,7 @@ pub struct NicStats {
     pub(crate) handshakes_evicted: AtomicU64,
     pub(crate) handshake_failures_accept: [AtomicU64; LABELS],
     pub(crate) handshake_failures_dial: [AtomicU64; LABELS],
+    pub(crate) rx_junk_drops: [AtomicU64; JUNK],
 }
 
 /// Plain copy of one peer's counters.
@@ -134,6 +156,9 @@ pub struct NicStatsSnapshot {
     pub handshake_failures_accept: [u64; LABELS],
     /// Per label of [`HANDSHAKE_FAILURE_LABELS`], same order.
     pub handshake_failures_dial: [u64; LABELS],
+    /// Packets dropped in a kernel-bypass poll loop before any copy, per
+    /// label of [`RX_JUNK_LABELS`], same order (always 0 for TCP).
+    pub rx_junk_drops: [u64; JUNK],
 }
 
 impl NicStatsSnapshot {
@@ -143,6 +168,13 @@ impl NicStatsSnapshot {
             .iter()
             .position(|l| *l == label)
             .map_or(0, |i| self.handshake_failures_accept[i])
+    }
+    /// Packets dropped as junk with `label` (0 for an unknown label).
+    pub fn junk_drops(&self, label: &str) -> u64 {
+        RX_JUNK_LABELS
+            .iter()
+            .position(|l| *l == label)
+            .map_or(0, |i| self.rx_junk_drops[i])
     }
     /// Failed inbound handshakes, all labels.
     pub fn accept_failures_total(&self) -> u64 {
@@ -187,6 +219,7 @@ impl NicStats {
             handshakes_evicted: AtomicU64::new(0),
             handshake_failures_accept: Default::default(),
             handshake_failures_dial: Default::default(),
+            rx_junk_drops: Default::default(),
         }
     }
 
@@ -242,6 +275,7 @@ impl NicStats {
             handshake_failures_dial: std::array::from_fn(|i| {
                 load(&self.handshake_failures_dial[i])
             }),
+            rx_junk_drops: std::array::from_fn(|i| load(&self.rx_junk_drops[i])),
         }
     }
 
@@ -250,7 +284,7 @@ impl NicStats {
     /// (`accept`/`dial`) and `reason`.
     pub fn metrics(&self) -> Vec<Metric> {
         let s = self.snapshot();
-        let mut out = Vec::with_capacity(s.peers.len() * PER_PEER + GLOBAL + 2 * LABELS);
+        let mut out = Vec::with_capacity(s.peers.len() * PER_PEER + GLOBAL + 2 * LABELS + JUNK);
         for (i, p) in s.peers.iter().enumerate() {
             let per_peer: [(&'static str, u64); PER_PEER] = [
                 ("nic_rx_frames_total", p.rx_frames),
@@ -304,6 +338,13 @@ impl NicStats {
                 });
             }
         }
+        for (label, value) in RX_JUNK_LABELS.iter().zip(s.rx_junk_drops.iter()) {
+            out.push(Metric {
+                name: "nic_rx_junk_drops_total",
+                labels: vec![("reason", label.to_string())],
+                value: *value,
+            });
+        }
         out
     }
 }
@@ -339,7 +380,7 @@ mod tests {
             .fetch_add(3, Ordering::Relaxed);
         s.handshake_failed(Side::Accept, "bad_signature");
         let m = s.metrics();
-        assert_eq!(m.len(), 4 * PER_PEER + GLOBAL + 2 * LABELS);
+        assert_eq!(m.len(), 4 * PER_PEER + GLOBAL + 2 * LABELS + JUNK);
         assert!(m.iter().any(|m| m.name == "nic_rx_frames_total"
             && m.labels == vec![("peer", "2".to_string())]
             && m.value == 3));

@@ -73,3 +73,21 @@ pub(crate) fn shutdown(fd: RawFd) {
     // SAFETY: plain syscall on a socket we own; no memory involved.
     let _ = unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
 }
+
+/// Waits until `fd` is readable or `timeout` passed (`ppoll(2)`, so
+/// sub-millisecond timeouts hold). EINTR counts as a wake-up.
+#[cfg(feature = "dpdk")]
+pub(crate) fn wait_readable(fd: RawFd, timeout: std::time::Duration) {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: ppoll reads one pollfd and one timespec we own and writes
+    // the pollfd's revents.
+    let _ = unsafe { libc::ppoll(&mut pfd, 1, &ts, std::ptr::null()) };
+}

@@ -80,8 +80,9 @@ pub struct Running {
     /// The store's revision after each executed batch (watchers subscribe).
     pub revisions: tokio::sync::watch::Sender<i64>,
     threads: Vec<JoinHandle<()>>,
-    /// Keeps the connector thread (link set-up) running.
-    _connector: nic::Connector,
+    /// Keeps the connector thread (link set-up) of the TCP transport
+    /// running (the DPDK transport has none).
+    _connector: Option<nic::Connector>,
 }
 
 fn spawn(
@@ -181,9 +182,19 @@ fn read_seq(path: &Path) -> std::io::Result<u64> {
     }
 }
 
-/// Starts replica `id` of `config` with the kernel interface its config
-/// names (`[dataplane] io`); see [`start_with_io`].
+/// Starts replica `id` of `config` with the interface its config names
+/// (`[dataplane] io`: io_uring, epoll, or DPDK); see [`start_with_io`] and
+/// `start_dpdk`.
 pub fn start(config: Arc<ClusterConfig>, id: u16) -> Result<Running, StartError> {
+    if config.dataplane.io == "dpdk" {
+        #[cfg(feature = "dpdk")]
+        return start_dpdk(config, id);
+        #[cfg(not(feature = "dpdk"))]
+        return Err(ConfigError::Invalid(
+            "[dataplane] io = \"dpdk\": this bftd was built without the `dpdk` feature".into(),
+        )
+        .into());
+    }
     let io = config
         .dataplane
         .io
@@ -199,6 +210,99 @@ pub fn start(config: Arc<ClusterConfig>, id: u16) -> Result<Running, StartError>
 pub fn start_with_io(config: Arc<ClusterConfig>, id: u16, io: Io) -> Result<Running, StartError> {
     let entry = config.replica(id)?.clone();
     let secret = config.load_secret(id)?;
+    let limits = config.limits();
+    let mut tcp = TcpConfig::new(
+        ReplicaId(id),
+        entry.replica_addr,
+        config
+            .replicas
+            .iter()
+            .filter(|r| r.id != id)
+            .map(|r| (ReplicaId(r.id), r.replica_addr))
+            .collect(),
+        secret,
+        config.keyring(),
+    );
+    tcp.message_bytes_max = limits.message_bytes_max;
+    tcp.tx_buffer_bytes_max = 2 * (4 + tcp.frame_bytes_max());
+    tcp.tx_queue_messages_max = config.dataplane.tx_queue_messages_max;
+    let TcpNic { connector, rx, tx } = TcpNic::start(tcp, io)?;
+    tracing::info!(replica = id, io = ?connector.io(), "replica links");
+    start_on(config, id, rx, tx, Some(connector))
+}
+
+/// EAL arguments of replica `id`: `[dpdk] eal_args`, the replica's own
+/// `dpdk_eal_args`, and `-l <dataplane_core>` unless they name cores.
+#[cfg(feature = "dpdk")]
+fn eal_args(config: &ClusterConfig, id: u16, dpdk: &crate::config::Dpdk) -> Vec<String> {
+    let entry = &config.replicas[id as usize];
+    let mut args: Vec<String> = dpdk.eal_args.clone();
+    args.extend(entry.dpdk_eal_args.iter().cloned());
+    let names_cores = args.iter().any(|a| {
+        a == "-l" || a == "-c" || a.starts_with("--lcores") || a.starts_with("-l") && a.len() > 2
+    });
+    if !names_cores {
+        args.push("-l".into());
+        args.push(config.dataplane.dataplane_core.to_string());
+    }
+    args
+}
+
+/// Starts replica `id` with its replica links on DPDK (`[dataplane] io =
+/// "dpdk"`, the `[dpdk]` section): starts the EAL (once per process) and
+/// the port, then the same threads as [`start_with_io`]. The port is
+/// driven by the dataplane's poll (the control thread's when the dataplane
+/// runs inline).
+#[cfg(feature = "dpdk")]
+pub fn start_dpdk(config: Arc<ClusterConfig>, id: u16) -> Result<Running, StartError> {
+    use nic::dpdk::{DpdkConfig, DpdkNic};
+    let dpdk = config.dpdk.clone().unwrap_or_default();
+    let entry = config.replica(id)?.clone();
+    let secret = config.load_secret(id)?;
+    let limits = config.limits();
+    let addr = nic::dpdk::ipv4(entry.replica_addr, "replica_addr")?;
+    let mut peers = Vec::new();
+    for r in config.replicas.iter().filter(|r| r.id != id) {
+        peers.push((
+            ReplicaId(r.id),
+            nic::dpdk::ipv4(r.replica_addr, "replica_addr")?,
+        ));
+    }
+    let mut dc = DpdkConfig::new(
+        ReplicaId(id),
+        addr,
+        peers,
+        secret,
+        config.keyring(),
+        eal_args(&config, id, &dpdk),
+    );
+    dc.prefix_len = dpdk.prefix_len;
+    dc.port.port = dpdk.port.clone();
+    dc.port.queue = dpdk.queue;
+    dc.port.rx_descriptors = dpdk.descriptors;
+    dc.port.tx_descriptors = dpdk.descriptors;
+    dc.port.mbufs = 2 * dc.port.mbufs_min();
+    dc.message_bytes_max = limits.message_bytes_max;
+    dc.tx_buffer_bytes_max = 2 * (12 + dc.frame_bytes_max());
+    dc.tx_queue_messages_max = config.dataplane.tx_queue_messages_max;
+    dc.socket_buffer_bytes = dpdk.socket_buffer_bytes;
+    dc.link_timeout_ms = dpdk.link_timeout_ms;
+    dc.poll_idle_us = dpdk.poll_idle_us;
+    tracing::info!(replica = id, eal_args = ?dc.eal_args, port = %dc.port.port, "starting DPDK");
+    let DpdkNic { rx, tx } = DpdkNic::start(dc)?;
+    tracing::info!(replica = id, io = "dpdk", mac = ?rx.mac(), "replica links");
+    start_on(config, id, rx, tx, None)
+}
+
+/// Starts replica `id`'s threads over a started transport.
+fn start_on<R: RxPath, T: nic::TxPath>(
+    config: Arc<ClusterConfig>,
+    id: u16,
+    rx: R,
+    tx: T,
+    connector: Option<nic::Connector>,
+) -> Result<Running, StartError> {
+    let secret = config.load_secret(id)?;
     let keyring = config.keyring();
     let limits = config.limits();
     let n = config.n();
@@ -213,24 +317,6 @@ pub fn start_with_io(config: Arc<ClusterConfig>, id: u16, io: Io) -> Result<Runn
         "separate" => false,
         _ => dataplane_core.is_none(),
     };
-
-    let mut tcp = TcpConfig::new(
-        me,
-        entry.replica_addr,
-        config
-            .replicas
-            .iter()
-            .filter(|r| r.id != id)
-            .map(|r| (ReplicaId(r.id), r.replica_addr))
-            .collect(),
-        secret.clone(),
-        keyring.clone(),
-    );
-    tcp.message_bytes_max = limits.message_bytes_max;
-    tcp.tx_buffer_bytes_max = 2 * (4 + tcp.frame_bytes_max());
-    tcp.tx_queue_messages_max = dp.tx_queue_messages_max;
-    let TcpNic { connector, rx, tx } = TcpNic::start(tcp, io)?;
-    tracing::info!(replica = id, io = ?connector.io(), "replica links");
     let nic = rx.stats().clone();
     let faults = rx.faults().clone();
 

@@ -81,6 +81,11 @@ pub struct Opts {
     pub fast_timeouts: bool,
     /// `[protocol] quota_backend_bytes`; `None` keeps the default (2 GiB).
     pub quota_backend_bytes: Option<u64>,
+    /// Replica links over DPDK (`io = "dpdk"`, a `bftd --features dpdk`
+    /// build): each replica's namespace gets a second interface, `dp0`, on
+    /// a second bridge, driven by `net_af_packet` without hugepages; client
+    /// and status traffic stay on the kernel's interface. Needs `netns`.
+    pub dpdk: bool,
 }
 
 impl Opts {
@@ -92,6 +97,7 @@ impl Opts {
             netns: false,
             fast_timeouts: true,
             quota_backend_bytes: None,
+            dpdk: false,
         }
     }
 }
@@ -138,6 +144,23 @@ impl Cluster {
         }
         cfg.base_dir = dir.clone();
         let netns = o.netns.then(|| Netns::create(name, n));
+        assert!(!o.dpdk || o.netns, "DPDK test clusters run in namespaces");
+        if o.dpdk {
+            let ns = netns.as_ref().expect("checked above");
+            for i in 0..n as u16 {
+                ns.add_dpdk_port(i);
+            }
+            cfg.dataplane.io = "dpdk".into();
+            cfg.dpdk = Some(bftd::config::Dpdk {
+                eal_args: ["--no-huge", "--no-pci", "--no-shconf", "-m", "256"]
+                    .into_iter()
+                    .chain(["--log-level=error"])
+                    .map(String::from)
+                    .collect(),
+                port: "net_af_packet0".into(),
+                ..Default::default()
+            });
+        }
         let ports = free_ports(3 * n);
         for i in 0..n as u16 {
             let key = wire::SecretKey::generate();
@@ -156,6 +179,16 @@ impl Cluster {
                     (addr(p(0)), addr(p(1)), addr(p(2)))
                 }
             };
+            let (replica_addr, dpdk_eal_args) = match &netns {
+                Some(ns) if o.dpdk => (
+                    SocketAddr::new(ns.dpdk_ip(i), 2380),
+                    vec![
+                        format!("--vdev=net_af_packet0,iface={}", Netns::DPDK_IFACE),
+                        format!("--file-prefix=bftd{}r{i}", std::process::id()),
+                    ],
+                ),
+                _ => (replica_addr, Vec::new()),
+            };
             cfg.replicas.push(ReplicaEntry {
                 id: i,
                 public_key: key.public().to_hex(),
@@ -164,6 +197,7 @@ impl Cluster {
                 replica_addr,
                 http_addr,
                 key_file: None,
+                dpdk_eal_args,
             });
         }
         edit(&mut cfg);
@@ -676,6 +710,37 @@ impl Netns {
     }
     pub fn ip(&self, i: u16) -> std::net::IpAddr {
         std::net::IpAddr::from([10, self.subnet, 0, i as u8 + 1])
+    }
+
+    /// The interface a DPDK replica drives in its namespace.
+    pub const DPDK_IFACE: &'static str = "dp0";
+
+    /// Replica `i`'s address on the DPDK network (answered by its DPDK
+    /// port, unknown to its kernel).
+    pub fn dpdk_ip(&self, i: u16) -> std::net::IpAddr {
+        std::net::IpAddr::from([10, self.subnet, 1, i as u8 + 1])
+    }
+
+    /// Gives replica `i`'s namespace a second interface, [`Self::DPDK_IFACE`]
+    /// (no kernel address), on a second bridge `br1` of the switch.
+    pub fn add_dpdk_port(&self, i: u16) {
+        let sw = self.switch();
+        if i == 0 {
+            ns_ip(&sw, &["link", "add", "br1", "type", "bridge"]).unwrap();
+            ns_ip(&sw, &["link", "set", "br1", "up"]).unwrap();
+        }
+        let (inner, port) = (format!("{}d{i}", self.tag), format!("{}e{i}", self.tag));
+        ip(&["link", "add", &inner, "type", "veth", "peer", "name", &port]).unwrap();
+        ip(&["link", "set", &port, "netns", &sw]).unwrap();
+        ns_ip(&sw, &["link", "set", &port, "master", "br1"]).unwrap();
+        ns_ip(&sw, &["link", "set", &port, "up"]).unwrap();
+        ip(&["link", "set", &inner, "netns", &self.name(i)]).unwrap();
+        ns_ip(
+            &self.name(i),
+            &["link", "set", &inner, "name", Self::DPDK_IFACE],
+        )
+        .unwrap();
+        ns_ip(&self.name(i), &["link", "set", Self::DPDK_IFACE, "up"]).unwrap();
     }
 
     /// Cuts replica `i` off from every other replica (both directions, by

@@ -261,7 +261,8 @@ impl EpollRx {
             let fd = link.stream.as_raw_fd();
             let readable = &mut link.readable;
             let (delivered, close) = serve_link(
-                &self.core,
+                &self.core.stats,
+                &self.core.faults,
                 ReplicaId(i as u16),
                 link.epoch,
                 &mut link.buf,

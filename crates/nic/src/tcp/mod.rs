@@ -25,8 +25,8 @@
 
 mod connector;
 mod epoll;
-mod rxbuf;
-mod tx;
+pub(crate) mod rxbuf;
+pub(crate) mod tx;
 mod uring;
 
 use std::io;

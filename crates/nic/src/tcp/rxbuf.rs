@@ -10,7 +10,9 @@ use std::sync::atomic::Ordering;
 
 use wire::ReplicaId;
 
-use super::{RxCore, LEN_PREFIX};
+use super::LEN_PREFIX;
+use crate::fault::FaultSwitch;
+use crate::stats::NicStats;
 use crate::RxEvent;
 
 /// Reads one link may do in one turn, at most (each fills the buffer's free
@@ -155,7 +157,8 @@ pub(crate) enum Close {
 /// link must close, why. No allocation.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn serve_link<F: FnMut(RxEvent<'_>)>(
-    core: &RxCore,
+    stats: &NicStats,
+    faults: &FaultSwitch,
     peer: ReplicaId,
     epoch: u64,
     buf: &mut LinkBuf,
@@ -165,14 +168,14 @@ pub(crate) fn serve_link<F: FnMut(RxEvent<'_>)>(
     mut fill: impl FnMut(&mut LinkBuf) -> Fill,
 ) -> (usize, Option<Close>) {
     assert!(quota > 0);
-    let counters = core.stats.peer(peer);
+    let counters = stats.peer(peer);
     let mut delivered = 0;
     let mut reads = 0;
     // Each iteration delivers a frame or reads; both are bounded.
     loop {
         match buf.next() {
             Next::Frame { at, len } => {
-                if core.faults.is_blocked(peer) {
+                if faults.is_blocked(peer) {
                     counters.fault_drops.fetch_add(1, Ordering::Relaxed);
                     return (delivered, Some(Close::Blocked));
                 }
@@ -193,7 +196,7 @@ pub(crate) fn serve_link<F: FnMut(RxEvent<'_>)>(
                 }
             }
             Next::Oversize => {
-                core.stats.oversize_frames.fetch_add(1, Ordering::Relaxed);
+                stats.oversize_frames.fetch_add(1, Ordering::Relaxed);
                 return (delivered, Some(Close::Oversize));
             }
             Next::NeedMore => {

@@ -140,7 +140,7 @@ impl OutBuf {
 
 /// Messages waiting unsealed for a link (`u32 length || message`), bounded
 /// in bytes and messages.
-struct PlainQueue {
+pub(crate) struct PlainQueue {
     buf: Vec<u8>,
     head: usize,
     messages: usize,
@@ -148,7 +148,7 @@ struct PlainQueue {
 }
 
 impl PlainQueue {
-    fn new(bytes_max: usize, messages_max: usize) -> Self {
+    pub(crate) fn new(bytes_max: usize, messages_max: usize) -> Self {
         Self {
             buf: Vec::with_capacity(bytes_max),
             head: 0,
@@ -157,12 +157,12 @@ impl PlainQueue {
         }
     }
 
-    fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.messages == 0
     }
 
     /// Appends `message`; false if full.
-    fn push(&mut self, message: &[u8]) -> bool {
+    pub(crate) fn push(&mut self, message: &[u8]) -> bool {
         let need = LEN_PREFIX + message.len();
         if self.messages == self.messages_max {
             return false;
@@ -184,7 +184,7 @@ impl PlainQueue {
         true
     }
 
-    fn front(&self) -> Option<&[u8]> {
+    pub(crate) fn front(&self) -> Option<&[u8]> {
         if self.messages == 0 {
             return None;
         }
@@ -195,7 +195,7 @@ impl PlainQueue {
         Some(&self.buf[self.head + LEN_PREFIX..self.head + LEN_PREFIX + len])
     }
 
-    fn pop(&mut self) {
+    pub(crate) fn pop(&mut self) {
         let len = self.front().expect("pop of an empty queue").len();
         self.head += LEN_PREFIX + len;
         self.messages -= 1;

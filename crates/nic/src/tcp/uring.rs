@@ -399,7 +399,8 @@ impl UringRx {
             let quota = per_peer_budget.min(room - handled);
             let gone = link.gone;
             let (delivered, close) = serve_link(
-                &self.core,
+                &self.core.stats,
+                &self.core.faults,
                 ReplicaId(i as u16),
                 link.epoch,
                 &mut link.buf,
