@@ -1068,6 +1068,7 @@ mod tests {
                 replica_addr: ([127, 0, 0, 1], 2000 + i).into(),
                 http_addr: ([127, 0, 0, 1], 3000 + i).into(),
                 key_file: None,
+                dpdk_eal_args: Vec::new(),
             });
         }
         let shape = ClusterShape::of(&c);
