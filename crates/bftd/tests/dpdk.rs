@@ -97,3 +97,68 @@ fn a_cluster_on_dpdk_links_serves_etcdctl_and_survives_the_leaders_death() {
         .sum();
     eprintln!("dpdk cluster: leader {leader} killed, {new_leader} leads; junk dropped {junk}");
 }
+
+/// Put latency of closed-loop writers (1 and 32) on DPDK replica links
+/// beside the same cluster on kernel (io_uring) links, both clusters in
+/// namespaces and up at once, runs interleaved. A measurement, not a
+/// check: opt-in (`cargo test -p bftd --features dpdk --test dpdk --
+/// --ignored --nocapture`), results in perf/results/2026-12-07/dpdk.md.
+#[test]
+#[ignore = "a measurement: run by hand with --ignored --nocapture"]
+fn put_latency_on_dpdk_links_beside_kernel_links() {
+    if !Netns::available() {
+        eprintln!("skipped: needs root and iproute2 for network namespaces");
+        return;
+    }
+    let netns = |dpdk| Opts {
+        netns: true,
+        dpdk,
+        ..Opts::new(4)
+    };
+    let clusters = [
+        ("io_uring", Cluster::start_with("lat-tcp", netns(false))),
+        ("dpdk", Cluster::start_with("lat-dpdk", netns(true))),
+    ];
+    let run_for = Duration::from_secs(10);
+    println!("| links | writers | ops/s | p50 ms | p99 ms | max ms | errors |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for round in 0..2 {
+        for writers in [1usize, 32] {
+            for (name, c) in &clusters {
+                let endpoints = if writers == 1 {
+                    vec![c.endpoints()[0].clone()]
+                } else {
+                    c.endpoints()
+                };
+                let started = Instant::now();
+                let w = Writers::start(endpoints, writers, &format!("/lat/{round}"), run_for);
+                let r = w.join();
+                let elapsed = started.elapsed().as_secs_f64();
+                // Closed loop: each write's latency is the gap since the
+                // writer's previous acknowledgement.
+                let mut lat_us: Vec<u64> = r
+                    .acked
+                    .iter()
+                    .flat_map(|a| a.windows(2).map(|p| (p[1].2 - p[0].2).as_micros() as u64))
+                    .collect();
+                lat_us.sort_unstable();
+                let q = |f: f64| {
+                    lat_us
+                        .get(
+                            ((lat_us.len() as f64 * f) as usize)
+                                .min(lat_us.len().saturating_sub(1)),
+                        )
+                        .map_or(f64::NAN, |v| *v as f64 / 1e3)
+                };
+                println!(
+                    "| {name} | {writers} | {:.0} | {:.2} | {:.2} | {:.2} | {} |",
+                    r.total() as f64 / elapsed,
+                    q(0.5),
+                    q(0.99),
+                    lat_us.last().map_or(f64::NAN, |v| *v as f64 / 1e3),
+                    r.errors.len()
+                );
+            }
+        }
+    }
+}

@@ -858,6 +858,12 @@ impl Writers {
         }
     }
 
+    /// Waits for the writers to reach the time limit they were started
+    /// with, then returns what they did.
+    pub fn join(mut self) -> WriterResults {
+        self.thread.take().unwrap().join().unwrap()
+    }
+
     pub fn stop(mut self) -> WriterResults {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         self.thread.take().unwrap().join().unwrap()
