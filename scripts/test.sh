@@ -33,4 +33,4 @@ cargo test --workspace --locked "$@"
 # on veths in network namespaces, and a 4-replica cluster on them serving
 # etcdctl through a leader's SIGKILL (the last two skip without root).
 cargo test -p nic --features dpdk --locked --test dpdk_eal --test dpdk_link
-cargo test -p bftd --features dpdk --locked --test dpdk
+cargo test -p bftd --features dpdk --locked --test dpdk --test container_dpdk

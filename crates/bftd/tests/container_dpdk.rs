@@ -266,6 +266,8 @@ impl Deployment {
                 &ips.join(","),
                 "--bftd",
                 BFTD,
+                "--owner",
+                "0",
             ],
         )
         .unwrap_or_else(|e| panic!("writing the config: {e}"));
@@ -302,17 +304,21 @@ impl Deployment {
 
     /// Creates replica `i`'s container on the client network, attaches it
     /// to the replica-link network, and starts it: config and keys
-    /// read-only, data on its own volume, a read-only root file system,
-    /// a tmpfs /tmp (the EAL's runtime directory), CAP_NET_RAW (the
-    /// af_packet socket) and CAP_SYS_NICE (only so Docker's seccomp profile
-    /// lets the EAL call get_mempolicy/set_mempolicy; without it
+    /// read-only, a read-only root file system, data and /tmp (the EAL's
+    /// runtime directory) on tmpfs. It runs as root inside the container
+    /// with every capability dropped but three: CAP_NET_RAW (the af_packet
+    /// socket; Docker hands `--cap-add` capabilities to a non-root user
+    /// only as a bounding set it cannot use, so uid 10001 gets "Could not
+    /// open AF_PACKET socket"), CAP_NET_ADMIN (the af_packet driver sets
+    /// the interface's MAC and promiscuous mode when the port starts:
+    /// "rte_eth_dev_start: Operation not permitted" without it; the
+    /// container's own network namespace only) and CAP_SYS_NICE (only so Docker's seccomp
+    /// profile lets the EAL call get_mempolicy/set_mempolicy; without it
     /// "set_mempolicy: Operation not permitted", "EAL: FATAL: Cannot init
-    /// memory").
+    /// memory"). Root without CAP_DAC_OVERRIDE cannot write a volume owned
+    /// by the image's uid 10001, hence the tmpfs (and keys chowned to 0).
     fn start(&mut self, i: usize) {
         let name = format!("bftd-dpdkc-it-{}-{i}", self.pid);
-        let volume = format!("{name}-data");
-        self.volumes.push(volume.clone());
-        ok_docker(&["volume", "create", "--label", "bftd-dpdkc-it", &volume]);
         self.containers.push(name.clone());
         let etc = format!("{}:/etc/bftd:ro", self.dir.join("etc").display());
         let clients = self.clients.as_ref().unwrap().name.clone();
@@ -333,8 +339,10 @@ impl Deployment {
             "RUST_LOG=info",
             "--volume",
             &etc,
-            "--volume",
-            &format!("{volume}:/var/lib/bftd"),
+            "--user",
+            "0",
+            "--tmpfs",
+            "/var/lib/bftd",
             "--read-only",
             "--tmpfs",
             "/tmp",
@@ -342,6 +350,8 @@ impl Deployment {
             "ALL",
             "--cap-add",
             "NET_RAW",
+            "--cap-add",
+            "NET_ADMIN",
             "--cap-add",
             "SYS_NICE",
             "--security-opt",
@@ -545,8 +555,6 @@ impl Drop for Deployment {
 }
 
 #[test]
-#[ignore = "fails: open_packet_iface(): Could not open AF_PACKET socket -- Docker 20.10 \
-            gives a non-root container user no --cap-add capabilities (bounding set only)"]
 fn four_dpdk_replicas_in_containers_on_hugepages_survive_the_leaders_sigkill() {
     if let Some(why) = docker_unavailable(IMAGE_UID) {
         eprintln!("SKIPPED container_dpdk test: {why}");
@@ -648,7 +656,8 @@ fn four_dpdk_replicas_in_containers_on_hugepages_survive_the_leaders_sigkill() {
     );
     eprintln!("HugePages_Free {held} -> {freed} after the SIGKILL");
 
-    // Restarted (same container, same volume): it catches up.
+    // Restarted (same container; its data on a tmpfs is gone): it
+    // catches up by state transfer.
     ok_docker(&["start", d.name(leader)]);
     d.wait_health(leader, "healthy", Duration::from_secs(60));
     ok_etcdctl(&some, &["put", "kill/after", "y"]);
