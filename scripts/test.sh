@@ -30,7 +30,9 @@ cargo test --workspace --locked "$@"
 
 # Replica links over DPDK (feature `dpdk`, outside the default build): the
 # EAL on a loopback ring port, links between processes over net_af_packet
-# on veths in network namespaces, and a 4-replica cluster on them serving
-# etcdctl through a leader's SIGKILL (the last two skip without root).
+# on veths in network namespaces, a 4-replica cluster on them serving
+# etcdctl through a leader's SIGKILL, and the same as 4 containers whose
+# EALs run on hugepages the test reserves and releases (the last three
+# skip without root; the last also without docker).
 cargo test -p nic --features dpdk --locked --test dpdk_eal --test dpdk_link
-cargo test -p bftd --features dpdk --locked --test dpdk
+cargo test -p bftd --features dpdk --locked --test dpdk --test container_dpdk

@@ -18,10 +18,10 @@ mod common;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bftd::health::Target;
+use common::docker::{docker, docker_logs, docker_unavailable, ok_docker, run};
 use common::*;
 
 const N: usize = 4;
@@ -35,54 +35,9 @@ const CONFIG_SCRIPT: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../../scripts/container-config.sh"
 );
-/// Longest a single docker command may take before it counts as hung.
-const DOCKER_COMMAND_TIMEOUT_S: u32 = 180;
-
-/// Runs `program args` under coreutils' `timeout`; stdout on success, the
-/// command and its output otherwise.
-fn run(program: &str, args: &[&str]) -> Result<String, String> {
-    let out = Command::new("timeout")
-        .args([
-            "--kill-after=5",
-            &DOCKER_COMMAND_TIMEOUT_S.to_string(),
-            program,
-        ])
-        .args(args)
-        .output()
-        .map_err(|e| format!("{program}: {e}"))?;
-    let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    if out.status.success() {
-        Ok(stdout)
-    } else {
-        Err(format!(
-            "{program} {} ({}): {stdout}\n{}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-fn docker(args: &[&str]) -> Result<String, String> {
-    run("docker", args)
-}
-
-fn ok_docker(args: &[&str]) -> String {
-    docker(args).unwrap_or_else(|e| panic!("{e}"))
-}
-
 /// Why this machine cannot run the test, if it cannot.
 fn unavailable() -> Option<String> {
-    if let Err(e) = docker(&["info", "--format", "{{.ServerVersion}}"]) {
-        return Some(format!("docker info failed: {e}"));
-    }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some(format!(
-            "not root: the key files (mode 0600) must be chowned to the image's uid {IMAGE_UID}"
-        ));
-    }
-    None
+    docker_unavailable(IMAGE_UID)
 }
 
 /// Everything the test creates, removed when dropped (also when the test
@@ -263,10 +218,7 @@ impl Deployment {
     }
 
     fn logs(&self, i: usize) -> String {
-        match docker(&["logs", "--tail", "30", self.name(i)]) {
-            Ok(s) => s,
-            Err(e) => e,
-        }
+        docker_logs(self.name(i), Some(30))
     }
 
     /// `/status` of replica `i` from the host, if it answers.

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use bftd::config::{ClusterConfig, Durability, PinCores, ReplicaEntry};
 
+pub mod docker;
+
 pub const BFTD: &str = env!("CARGO_BIN_EXE_bftd");
 
 /// Loopback ports for test replicas, `k` distinct ones.
