@@ -30,8 +30,10 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use bftd::health::Target;
-use common::docker::{docker, docker_logs, docker_unavailable, ok_docker, run};
+use common::docker::{
+    docker, docker_logs, docker_unavailable, field, inspect, leader, ok_docker, run,
+    wait_converged, wait_health,
+};
 use common::*;
 
 const N: usize = 4;
@@ -374,10 +376,9 @@ impl Deployment {
     }
 
     fn inspect(&self, i: usize, format: &str) -> String {
-        ok_docker(&["inspect", "--format", format, self.name(i)])
+        inspect(self.name(i), format)
     }
 
-    /// The PID of replica `i`'s bftd on the host.
     fn host_pid(&self, i: usize) -> u32 {
         self.inspect(i, "{{.State.Pid}}").parse().unwrap()
     }
@@ -417,91 +418,34 @@ impl Deployment {
             .unwrap_or(0)
     }
 
-    fn health(&self, i: usize) -> String {
-        self.inspect(i, "{{.State.Status}} {{.State.Health.Status}}")
-    }
-
-    /// Waits until Docker reports replica `i` `want`; fails early if its
-    /// container stopped.
+    /// Waits until Docker reports replica `i` `want` ("healthy").
     fn wait_health(&self, i: usize, want: &str, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let h = self.health(i);
-            match h.split_once(' ') {
-                Some((_, s)) if s == want => return,
-                Some(("running", _)) => {}
-                _ => panic!("container {} is {h}:\n{}", self.name(i), self.logs(i)),
-            }
-            assert!(
-                Instant::now() < deadline,
-                "container {} not {want} within {timeout:?} (is {h}); last probes:\n{}\nlog:\n{}",
-                self.name(i),
-                self.inspect(i, "{{range .State.Health.Log}}{{.Output}}{{end}}"),
-                self.logs(i)
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        wait_health(self.name(i), want, timeout, 40)
     }
 
     fn logs(&self, i: usize) -> String {
         docker_logs(self.name(i), Some(40))
     }
 
-    fn status(&self, i: usize) -> Option<serde_json::Value> {
-        let addr = SocketAddr::from((self.client_ip(i), 2381));
-        let t = Target {
-            addr,
-            host: addr.to_string(),
-            path: "/status".into(),
-        };
-        let body = bftd::health::check(&t, Duration::from_secs(2)).ok()?;
-        serde_json::from_str(&body).ok()
+    fn status_addr(&self, i: usize) -> SocketAddr {
+        SocketAddr::from((self.client_ip(i), 2381))
     }
 
     fn field(&self, i: usize, name: &str) -> Option<u64> {
-        self.status(i)?[name].as_u64()
+        field(self.status_addr(i), name)
     }
 
     /// The leader replicas `among` agree on.
     fn leader(&self, among: &[usize], timeout: Duration) -> usize {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let seen: Vec<Option<u64>> = among.iter().map(|&i| self.field(i, "leader")).collect();
-            if let Some(Some(l)) = seen.first() {
-                if seen.iter().all(|s| *s == Some(*l)) {
-                    return *l as usize;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "replicas {among:?} do not agree on a leader: {seen:?}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let addrs: Vec<SocketAddr> = among.iter().map(|&i| self.status_addr(i)).collect();
+        leader(&addrs, timeout)
     }
 
     /// Waits until every replica reports the same revision and state
     /// digest; returns the revision.
     fn wait_converged(&self, timeout: Duration) -> u64 {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let states: Vec<Option<(u64, String)>> = (0..N)
-                .map(|i| {
-                    let s = self.status(i)?;
-                    Some((s["revision"].as_u64()?, s["state_digest"].as_str()?.into()))
-                })
-                .collect();
-            if let Some(Some(first)) = states.first() {
-                if states.iter().all(|s| s.as_ref() == Some(first)) {
-                    return first.0;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "replicas did not converge within {timeout:?}: {states:?}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let all: Vec<SocketAddr> = (0..N).map(|i| self.status_addr(i)).collect();
+        wait_converged(&all, timeout)
     }
 
     /// Waits until HugePages_Free satisfies `ok`; returns it.

@@ -1,7 +1,11 @@
 //! Docker helpers of the container tests: every command under coreutils'
 //! `timeout`, so a hung daemon fails the test instead of stalling it.
 
+use std::net::SocketAddr;
 use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bftd::health::Target;
 
 /// Longest a single docker command may take before it counts as hung.
 pub const DOCKER_COMMAND_TIMEOUT_S: u32 = 180;
@@ -71,5 +75,95 @@ pub fn docker_logs(name: &str, tail: Option<usize>) -> String {
             String::from_utf8_lossy(&o.stderr)
         ),
         Err(e) => format!("docker logs {name}: {e}"),
+    }
+}
+
+/// `docker inspect --format FORMAT name`.
+pub fn inspect(name: &str, format: &str) -> String {
+    ok_docker(&["inspect", "--format", format, name])
+}
+
+/// Waits until Docker reports container `name` `want` ("healthy",
+/// "unhealthy": the image's HEALTHCHECK, `bftd health`); fails early if
+/// the container stopped. The failure shows the last probes and `tail`
+/// lines of the log.
+pub fn wait_health(name: &str, want: &str, timeout: Duration, tail: usize) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let h = inspect(name, "{{.State.Status}} {{.State.Health.Status}}");
+        match h.split_once(' ') {
+            Some((_, s)) if s == want => return,
+            Some(("running", _)) => {}
+            _ => panic!(
+                "container {name} is {h}:\n{}",
+                docker_logs(name, Some(tail))
+            ),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "container {name} not {want} within {timeout:?} (is {h}); last probes:\n{}\nlog:\n{}",
+            inspect(name, "{{range .State.Health.Log}}{{.Output}}{{end}}"),
+            docker_logs(name, Some(tail))
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `/status` of the replica whose status port is `addr`, if it answers.
+pub fn status(addr: SocketAddr) -> Option<serde_json::Value> {
+    let t = Target {
+        addr,
+        host: addr.to_string(),
+        path: "/status".into(),
+    };
+    let body = bftd::health::check(&t, Duration::from_secs(2)).ok()?;
+    serde_json::from_str(&body).ok()
+}
+
+/// One numeric field of [`status`].
+pub fn field(addr: SocketAddr, name: &str) -> Option<u64> {
+    status(addr)?[name].as_u64()
+}
+
+/// The leader the replicas at status addresses `among` agree on.
+pub fn leader(among: &[SocketAddr], timeout: Duration) -> usize {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let seen: Vec<Option<u64>> = among.iter().map(|&a| field(a, "leader")).collect();
+        if let Some(Some(l)) = seen.first() {
+            if seen.iter().all(|s| *s == Some(*l)) {
+                return *l as usize;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replicas at {among:?} do not agree on a leader: {seen:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits until every replica at `all` reports the same revision and state
+/// digest; returns the revision.
+pub fn wait_converged(all: &[SocketAddr], timeout: Duration) -> u64 {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let states: Vec<Option<(u64, String)>> = all
+            .iter()
+            .map(|&a| {
+                let s = status(a)?;
+                Some((s["revision"].as_u64()?, s["state_digest"].as_str()?.into()))
+            })
+            .collect();
+        if let Some(Some(first)) = states.first() {
+            if states.iter().all(|s| s.as_ref() == Some(first)) {
+                return first.0;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replicas did not converge within {timeout:?}: {states:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
