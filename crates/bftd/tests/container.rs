@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::docker::{
-    docker, docker_logs, docker_unavailable, field, inspect, leader, ok_docker, run,
+    docker, docker_logs, docker_unavailable, field, inspect, leader, ok_docker, remove_all, run,
     wait_converged, wait_health,
 };
 use common::*;
@@ -270,28 +270,9 @@ impl Drop for Deployment {
                 eprintln!("--- {} ---\n{}", self.name(i), self.logs(i));
             }
         }
-        let mut left = Vec::new();
-        let mut remove = |args: &[&str]| {
-            if let Err(e) = docker(args) {
-                if !e.contains("No such") {
-                    left.push(e);
-                }
-            }
-        };
-        for c in &self.containers {
-            remove(&["rm", "--force", "--volumes", c]);
-        }
-        for v in &self.volumes {
-            remove(&["volume", "rm", "--force", v]);
-        }
-        if let Some(n) = &self.network {
-            remove(&["network", "rm", n]);
-        }
-        remove(&["image", "rm", "--force", &self.tag]);
+        let networks: Vec<String> = self.network.iter().cloned().collect();
+        remove_all(&self.containers, &self.volumes, &networks, &self.tag);
         let _ = std::fs::remove_dir_all(&self.dir);
-        if !left.is_empty() {
-            eprintln!("cleanup left behind: {left:#?}");
-        }
     }
 }
 

@@ -31,7 +31,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::docker::{
-    docker, docker_logs, docker_unavailable, field, inspect, leader, ok_docker, run,
+    docker, docker_logs, docker_unavailable, field, inspect, leader, ok_docker, remove_all, run,
     wait_converged, wait_health,
 };
 use common::*;
@@ -153,7 +153,6 @@ struct Deployment {
     /// Network names recorded before creation, for the cleanup.
     networks: Vec<String>,
     containers: Vec<String>,
-    volumes: Vec<String>,
     /// Dropped after the containers are gone.
     _hugepages: Hugepages,
 }
@@ -171,7 +170,6 @@ impl Deployment {
             links: None,
             networks: Vec::new(),
             containers: Vec::new(),
-            volumes: Vec::new(),
             _hugepages: hugepages,
         }
     }
@@ -472,28 +470,8 @@ impl Drop for Deployment {
                 eprintln!("--- {} ---\n{}", self.name(i), self.logs(i));
             }
         }
-        let mut left = Vec::new();
-        let mut remove = |args: &[&str]| {
-            if let Err(e) = docker(args) {
-                if !e.contains("No such") {
-                    left.push(e);
-                }
-            }
-        };
-        for c in &self.containers {
-            remove(&["rm", "--force", "--volumes", c]);
-        }
-        for v in &self.volumes {
-            remove(&["volume", "rm", "--force", v]);
-        }
-        for n in &self.networks {
-            remove(&["network", "rm", n]);
-        }
-        remove(&["image", "rm", "--force", &self.tag]);
+        remove_all(&self.containers, &[], &self.networks, &self.tag);
         let _ = std::fs::remove_dir_all(&self.dir);
-        if !left.is_empty() {
-            eprintln!("cleanup left behind: {left:#?}");
-        }
         // `_hugepages` drops after this: nr_hugepages comes back.
     }
 }

@@ -167,3 +167,31 @@ pub fn wait_converged(all: &[SocketAddr], timeout: Duration) -> u64 {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Removes what a container test made: the containers (with their
+/// anonymous volumes), the named volumes, the networks and the image tag.
+/// What is already gone is fine; anything else that fails is printed, not
+/// raised (this runs in `Drop`, possibly while a test panics).
+pub fn remove_all(containers: &[String], volumes: &[String], networks: &[String], image: &str) {
+    let mut left = Vec::new();
+    let mut remove = |args: &[&str]| {
+        if let Err(e) = docker(args) {
+            if !e.contains("No such") {
+                left.push(e);
+            }
+        }
+    };
+    for c in containers {
+        remove(&["rm", "--force", "--volumes", c]);
+    }
+    for v in volumes {
+        remove(&["volume", "rm", "--force", v]);
+    }
+    for n in networks {
+        remove(&["network", "rm", n]);
+    }
+    remove(&["image", "rm", "--force", image]);
+    if !left.is_empty() {
+        eprintln!("cleanup left behind: {left:#?}");
+    }
+}
