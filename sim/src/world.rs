@@ -91,6 +91,12 @@ pub struct RunStats {
     pub ops_completed: usize,
     /// Client operations still owed a return at the end (not abandoned).
     pub ops_outstanding: usize,
+    /// Ticks from call to return of the operations that returned: the
+    /// median and the largest (0 when none returned). Read off the
+    /// history; changes nothing in a run.
+    pub op_latency_ticks_p50: u64,
+    /// See `op_latency_ticks_p50`.
+    pub op_latency_ticks_max: u64,
     /// Network counters.
     pub net: NetStats,
     /// Messages refused by correct replicas' verifiers, by reason.
@@ -725,6 +731,16 @@ impl World {
             trace_events: self.env.trace.events(),
             ..RunStats::default()
         };
+        let mut latencies: Vec<u64> = self
+            .env
+            .history
+            .ops
+            .iter()
+            .filter_map(|o| o.ret.as_ref().map(|(t, _)| t.tick - o.call.tick))
+            .collect();
+        latencies.sort_unstable();
+        s.op_latency_ticks_p50 = latencies.get(latencies.len() / 2).copied().unwrap_or(0);
+        s.op_latency_ticks_max = latencies.last().copied().unwrap_or(0);
         s.regency_max = self.env.checker.max_regency();
         s.checkpoint_splits = self.env.checker.checkpoint_splits();
         for h in &self.hosts {
