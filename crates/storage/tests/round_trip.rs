@@ -325,7 +325,7 @@ fn a_checkpoint_of_several_writeback_pieces_round_trips_byte_for_byte() {
         snapshot_bytes_max: 4 << 20,
         ..small_limits()
     };
-    let open_big = || Storage::open(dir.path(), Durability::Fsync, limits.clone()).unwrap();
+    let open_big = || Storage::open(dir.path(), Durability::Fsync, limits).unwrap();
     {
         let (mut s, _) = open_big();
         for cid in 1..=10 {
