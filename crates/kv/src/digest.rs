@@ -243,9 +243,8 @@ impl Ranges {
             self.ranges.windows(2).all(|w| w[0].start < w[1].start),
             "range starts ascend"
         );
-        let closed = &self.ranges[..self.ranges.len() - 1];
         assert!(
-            closed.iter().all(|r| r.entries > 0),
+            self.closed_ranges_hold_entries(),
             "closed ranges hold entries"
         );
     }
