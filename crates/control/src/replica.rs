@@ -76,6 +76,12 @@ pub struct Stats {
     pub leader_moves_joined: u64,
     /// Batches fetched from other replicas by digest.
     pub batches_fetched: u64,
+    /// Proposals taken from a fetched batch: the leader's PROPOSE had not
+    /// arrived while more than f replicas had voted for its digest.
+    pub proposals_fetched: u64,
+    /// ACCEPTs sent on more than f matching ACCEPTs for this replica's own
+    /// written value, before a quorum of WRITEs arrived here.
+    pub accepts_amplified: u64,
     /// State transfers started, decisions and checkpoints installed by them.
     pub transfers_started: u64,
     pub transfer_decisions: u64,
@@ -806,21 +812,102 @@ impl Replica {
                 return;
             }
         }
+        self.check_late_proposal(w.cid, w.digest, out);
         self.try_accept(w.cid, out);
+    }
+
+    /// Replicas that voted for `d` in `cid`'s current regency (WRITE or
+    /// ACCEPT), in id order.
+    fn vouchers(inst: &Instance, d: &Digest) -> Vec<ReplicaId> {
+        (0..inst.writes.len())
+            .filter(|&i| {
+                inst.writes[i].as_ref() == Some(d)
+                    || inst.accepts[i].as_ref().is_some_and(|a| &a.digest == d)
+            })
+            .map(|i| ReplicaId(i as u16))
+            .collect()
+    }
+
+    /// The leader's PROPOSE is late here while more than f replicas voted
+    /// for digest `d` in this regency: at least one correct replica took
+    /// `d` as the leader's (signed, validated) proposal, so `d` is what the
+    /// leader proposed, and this replica writes it too, fetching the batch
+    /// from those replicas if it lacks it. Without this, a quorum that
+    /// needs this replica (one replica silent or flooded: the other three
+    /// form every quorum) waits for the slow PROPOSE or a request timeout
+    /// (issue 11, item 2; simulator seed 13 of
+    /// `a_silent_backup_changes_nothing_for_the_others`). A correct replica
+    /// still writes at most one value per regency (`take_proposal` refuses
+    /// a second), which is all the quorum intersection needs.
+    fn check_late_proposal(&mut self, cid: Cid, d: Digest, out: &mut Vec<Output>) {
+        if self.is_syncing() || self.pending_sync_values.contains_key(&cid) {
+            return;
+        }
+        let f = self.cfg.f();
+        let Some(inst) = self.instances.get(&cid) else {
+            return;
+        };
+        if inst.proposal.is_some() || inst.decided.is_some() || inst.regency != self.regency {
+            return;
+        }
+        let vouchers = Self::vouchers(inst, &d);
+        if vouchers.len() <= f {
+            return;
+        }
+        if let Some(batch) = inst.batch(&d).cloned() {
+            if self.batch_is_valid(&batch) {
+                self.stats.proposals_fetched += 1;
+                self.take_proposal(cid, batch, out);
+            }
+            return;
+        }
+        if self.fetching.contains_key(&cid) {
+            return; // one fetch per instance at a time
+        }
+        self.fetching.insert(cid, (d, self.tick));
+        self.stats.batches_fetched += 1;
+        for r in vouchers.into_iter().filter(|&r| r != self.cfg.me) {
+            out.push(Output::Send {
+                to: Target::One(r),
+                msg: Message::Fetch(Fetch {
+                    cid,
+                    digest: d,
+                    replica: self.cfg.me,
+                }),
+            });
+        }
     }
 
     /// Mod-SMaRt step 2 -> 3: a quorum of WRITEs matches the durable
     /// proposal; send the (signed) ACCEPT.
+    ///
+    /// Also on more than f ACCEPTs for the value this replica wrote
+    /// (ACCEPT amplification, as Bracha's broadcast echoes f+1 READYs):
+    /// one of them is from a correct replica, which accepted only after a
+    /// quorum of WRITEs, so everything a STOPDATA's `accepted` claims (a
+    /// quorum wrote the value in this regency) holds, and a correct
+    /// replica still accepts only the one value it wrote. Without it, one
+    /// slow WRITE among three replicas (the fourth silent or flooded)
+    /// stalls the instance until it arrives (issue 11, item 2; simulator
+    /// seed 11 of `a_silent_backup_changes_nothing_for_the_others`).
     fn try_accept(&mut self, cid: Cid, out: &mut Vec<Output>) {
         let q = self.cfg.quorum();
+        let f = self.cfg.f();
         let Some(inst) = self.instances.get_mut(&cid) else {
             return;
         };
         let Some(d) = inst.proposal_digest() else {
             return;
         };
-        if inst.accept_sent || !inst.persisted || inst.writes_for(&d) < q {
+        if inst.accept_sent || !inst.persisted {
             return;
+        }
+        assert!(inst.write_sent, "a durable proposal has its WRITE sent");
+        if inst.writes_for(&d) < q {
+            if inst.accepts_for(&d) <= f {
+                return;
+            }
+            self.stats.accepts_amplified += 1;
         }
         let regency = inst.regency;
         self.send_accept(regency, cid, d, out);
@@ -884,6 +971,8 @@ impl Replica {
                 return;
             }
         }
+        self.check_late_proposal(a.cid, a.digest, out);
+        self.try_accept(a.cid, out);
         self.try_decide(a.cid, out);
     }
 
@@ -1109,6 +1198,9 @@ impl Replica {
             // The SYNC chose this value: write it now.
             self.pending_sync_values.remove(&b.cid);
             self.take_proposal(b.cid, b.batch, out);
+        } else {
+            // A late PROPOSE's batch, vouched for by more than f votes.
+            self.check_late_proposal(b.cid, want, out);
         }
         self.try_decide(b.cid, out);
         self.deliver_ready(out);

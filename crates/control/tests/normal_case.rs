@@ -416,3 +416,111 @@ fn with_an_instance_in_flight_requests_wait_for_the_next_batch_unless_it_is_full
     let sizes: Vec<usize> = net.decisions[0].iter().map(|d| d.batch.len()).collect();
     assert_eq!(sizes, vec![1, 3]);
 }
+
+/// Replica 3 is silent (flooded): every quorum needs 0, 1 and 2. Replica
+/// 1's WRITE to replica 2 is lost, so 2 never sees a quorum of WRITEs; the
+/// ACCEPTs of 0 and 1 (f+1, so from at least one correct replica that saw
+/// a quorum) for the value 2 wrote let it ACCEPT too, and all three decide
+/// (issue 11, item 2: one slow link among three no longer stalls them).
+#[test]
+fn a_replica_accepts_on_f_plus_1_accepts_for_the_value_it_wrote() {
+    let mut net = Net::new(4);
+    let r = net.submit(1, b"amplified");
+    let lost = |p: &Packet| {
+        p.from == ReplicaId(3)
+            || p.to == ReplicaId(3)
+            || (is_kind(p, "WRITE") && p.from == ReplicaId(1) && p.to == ReplicaId(2))
+    };
+    net.run_filtered(10_000, |p| !lost(p));
+    for i in 0..3 {
+        assert_eq!(
+            net.executed(i),
+            vec![(1, r.seq, b"amplified".to_vec())],
+            "replica {i}"
+        );
+    }
+    assert_eq!(net.replicas[2].stats().accepts_amplified, 1);
+    assert_eq!(net.replicas[0].stats().accepts_amplified, 0);
+    net.assert_agreement();
+}
+
+/// Without its own durable WRITE of the value, f+1 ACCEPTs do not make a
+/// replica ACCEPT: a correct replica accepts only the one value it wrote.
+#[test]
+fn f_plus_1_accepts_do_not_make_a_replica_accept_a_value_it_has_not_written() {
+    let mut net = Net::new(4);
+    net.auto_persist[2] = false;
+    net.submit(1, b"not durable");
+    net.run_filtered(10_000, |p| p.from != ReplicaId(3) && p.to != ReplicaId(3));
+    // 0 and 1 ACCEPTed; 2 holds their ACCEPTs but its proposal is not on
+    // disk, so it neither WRITEs nor ACCEPTs, and nothing is decided.
+    assert!(net
+        .replicas
+        .iter()
+        .all(|r| r.stats().accepts_amplified == 0));
+    assert!(net.decisions.iter().all(|d| d.is_empty()));
+    net.persist_all(2);
+    net.run_filtered(10_000, |p| p.from != ReplicaId(3) && p.to != ReplicaId(3));
+    for i in 0..3 {
+        assert_eq!(net.decisions[i].len(), 1, "replica {i}");
+    }
+}
+
+/// Replica 3 is silent; the leader's PROPOSE to replica 1 is late (held
+/// for the whole run). Replicas 0 and 2 WRITE its digest: f+1 votes, so a
+/// correct replica took it as the leader's proposal. Replica 1 fetches
+/// the batch from those two only, writes it, and the three decide without
+/// the PROPOSE or a leader change (simulator seed 13 of
+/// `a_silent_backup_changes_nothing_for_the_others`).
+#[test]
+fn a_late_propose_is_fetched_from_the_replicas_that_voted_for_it() {
+    let mut net = Net::new(4);
+    let r = net.submit(2, b"late");
+    let silent = |p: &Packet| p.from == ReplicaId(3) || p.to == ReplicaId(3);
+    let late = |p: &Packet| is_kind(p, "PROPOSE") && p.to == ReplicaId(1);
+    let mut held = Vec::new();
+    for _ in 0..10_000 {
+        held.extend(net.hold(late));
+        let Some(p) = net.wire.pop_front() else {
+            break;
+        };
+        if is_kind(&p, "FETCH") && p.from == ReplicaId(1) {
+            assert!(
+                p.to == ReplicaId(0) || p.to == ReplicaId(2),
+                "fetched only from the replicas that voted: {:?}",
+                p.to
+            );
+        }
+        if !silent(&p) {
+            net.deliver(p);
+        }
+    }
+    assert_eq!(held.len(), 1, "the PROPOSE to replica 1 stayed late");
+    for i in 0..3 {
+        assert_eq!(
+            net.executed(i),
+            vec![(2, r.seq, b"late".to_vec())],
+            "replica {i}"
+        );
+        assert_eq!(net.replicas[i].regency(), 0);
+    }
+    assert_eq!(net.replicas[1].stats().proposals_fetched, 1);
+    net.assert_agreement();
+}
+
+/// One vote is no evidence: a (Byzantine) WRITE for a digest nobody
+/// proposed makes no replica fetch or write it.
+#[test]
+fn a_single_write_for_an_unknown_digest_is_not_fetched() {
+    let mut net = Net::new(4);
+    let w = Message::Write(Write {
+        regency: 0,
+        cid: 1,
+        replica: ReplicaId(3),
+        digest: wire::Digest([7u8; 32]),
+    });
+    net.send(3, 1, w);
+    net.run(10);
+    assert!(!net.wire.iter().any(|p| is_kind(p, "FETCH")));
+    assert_eq!(net.replicas[1].stats().batches_fetched, 0);
+}
