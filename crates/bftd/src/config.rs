@@ -138,7 +138,7 @@ mod defaults {
         1000
     }
     pub fn throughput_min_pct() -> u64 {
-        10
+        50
     }
     pub fn client_connections_max() -> usize {
         4096

@@ -49,8 +49,9 @@ pub struct Config {
     /// that executed something.
     pub throughput_window_ticks: u64,
     /// A leader that delivers less than this percentage of the best window
-    /// throughput of recent regencies, while requests wait, is replaced.
-    /// 0 turns the check off.
+    /// throughput of its regency and recent ones, while demand is there
+    /// (requests wait half a window, or their mean wait doubled), is
+    /// replaced (`Replica::monitor_throughput`). 0 turns the check off.
     pub throughput_min_pct: u64,
     /// Most requests carried in one STOP or forwarded per tick.
     pub stop_requests_max: usize,
@@ -114,7 +115,7 @@ impl Config {
             request_timeout_ticks: 200,
             sync_timeout_ticks: 200,
             throughput_window_ticks: 100,
-            throughput_min_pct: 10,
+            throughput_min_pct: 50,
             stop_requests_max: 64,
             leader_link_timeout_ticks: 5,
             checkpoint_period: 256,

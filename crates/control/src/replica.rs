@@ -139,11 +139,16 @@ enum Phase {
     Syncing { since: u64 },
 }
 
-/// Aardvark-style leader monitoring: throughput per observation window.
+/// Aardvark-style leader monitoring: throughput and latency per
+/// observation window.
 #[derive(Debug, Default)]
 struct Monitor {
     window_start_tick: u64,
     executed_at_window_start: u64,
+    /// Sum over the window's ticks of the requests pending here: by
+    /// Little's law, divided by the requests executed in the window, the
+    /// mean ticks a request waited, at a resolution finer than a tick.
+    pending_ticks: u64,
     /// Requests executed when the current regency was entered.
     executed_at_regency_start: u64,
     /// Consecutive regencies, up to the current one, in which this replica
@@ -152,11 +157,43 @@ struct Monitor {
     /// eventual synchrony some correct leader gets a window long enough
     /// for its first instances.
     unproductive_regencies: u32,
-    /// Best window throughput of the current regency (requests executed).
-    best_current: u64,
-    /// Best window throughput of recent earlier regencies (newest last).
-    best_recent: VecDeque<u64>,
+    /// Best window of the current regency, among windows of at least
+    /// [`BASELINE_REQUESTS_MIN`] requests.
+    best_current: Option<Window>,
+    /// Best windows of recent earlier regencies (newest last).
+    best_recent: VecDeque<Window>,
 }
+
+/// What one observation window showed: the most requests executed in a
+/// window, and the lowest mean wait, in thousandths of a tick (the two may
+/// come from different windows).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Window {
+    executed: u64,
+    wait_millitick: u64,
+}
+
+impl Window {
+    fn best(self, other: Window) -> Window {
+        Window {
+            executed: self.executed.max(other.executed),
+            wait_millitick: self.wait_millitick.min(other.wait_millitick),
+        }
+    }
+}
+
+/// A window counts as a baseline only with at least this many requests
+/// executed (fewer say little about what the leader can do).
+const BASELINE_REQUESTS_MIN: u64 = 8;
+
+/// A leader whose throughput fell is replaced when the mean wait of a
+/// request has grown to at least this many times the best (demand is
+/// there; the leader does not serve it), or requests wait half a window.
+const WAIT_GROWTH_MIN: u64 = 2;
+
+/// The mean wait below which growth is not counted, thousandths of a tick:
+/// waits shorter than a quarter tick are noise at a tick's resolution.
+const WAIT_FLOOR_MILLITICK: u64 = 250;
 
 const RECENT_REGENCIES: usize = 4;
 
@@ -1247,32 +1284,65 @@ impl Replica {
     }
 
     /// Aardvark: at the end of each window, a backup compares the requests
-    /// executed in it with the best windows of recent regencies; a leader far
-    /// below while requests wait is replaced. A regency's first window
-    /// starts when its SYNC is applied (`apply_plan`), not when it was
-    /// entered, and the window doubles with each consecutive regency that
-    /// executed nothing (regression seed 109838: a fixed window shorter
-    /// than a SYNC plus one instance replaced every leader forever).
+    /// executed in it with the best windows of this regency and recent ones;
+    /// a leader far below while demand is there is replaced. Demand is
+    /// there when requests wait half a window, or when a request's mean
+    /// wait (Little's law over the window: pending requests summed per
+    /// tick, over requests executed) grew [`WAIT_GROWTH_MIN`] times over
+    /// the best window's: a leader whose receive path is flooded keeps
+    /// ordering, slower, while its clients queue (issue 11, item 3; RBFT
+    /// monitors latency as well as throughput for this reason). A load
+    /// that drops lowers throughput but not the wait; a load that grows
+    /// raises the wait but not throughput beyond the best.
+    ///
+    /// A regency's first window starts when its SYNC is applied
+    /// (`apply_plan`), not when it was entered, and the window doubles with
+    /// each consecutive regency that executed nothing (regression seed
+    /// 109838: a fixed window shorter than a SYNC plus one instance
+    /// replaced every leader forever).
     fn monitor_throughput(&mut self, out: &mut Vec<Output>) {
+        self.monitor.pending_ticks += self.pending.len() as u64;
         let w = self.cfg.throughput_window_ticks << self.monitor.unproductive_regencies.min(6);
         if self.tick < self.monitor.window_start_tick + w {
             return;
         }
-        let executed = self.stats.requests_executed - self.monitor.executed_at_window_start;
-        self.monitor.window_start_tick = self.tick;
-        self.monitor.executed_at_window_start = self.stats.requests_executed;
-        self.monitor.best_current = self.monitor.best_current.max(executed);
-        let expected = self.monitor.best_recent.iter().copied().max().unwrap_or(0);
+        let m = &mut self.monitor;
+        let executed = self.stats.requests_executed - m.executed_at_window_start;
+        let pending_ticks = std::mem::take(&mut m.pending_ticks);
+        m.window_start_tick = self.tick;
+        m.executed_at_window_start = self.stats.requests_executed;
+        let wait_millitick = match executed {
+            0 if pending_ticks > 0 => u64::MAX,
+            0 => 0,
+            _ => pending_ticks.saturating_mul(1000) / executed,
+        };
+        let expected = m
+            .best_recent
+            .iter()
+            .chain(m.best_current.iter())
+            .copied()
+            .reduce(Window::best);
+        let this = Window {
+            executed,
+            wait_millitick,
+        };
+        if executed >= BASELINE_REQUESTS_MIN {
+            m.best_current = Some(m.best_current.map_or(this, |b| b.best(this)));
+        }
+        let Some(expected) = expected else {
+            return;
+        };
         let waiting = self
             .pending
             .oldest_tick()
             .is_some_and(|t| self.tick - t >= w / 2);
+        let slower = wait_millitick
+            >= WAIT_GROWTH_MIN.saturating_mul(expected.wait_millitick.max(WAIT_FLOOR_MILLITICK));
         let pct = self.cfg.throughput_min_pct;
         if pct > 0
             && !self.is_leader()
-            && waiting
-            && expected > 0
-            && executed * 100 < expected * pct
+            && (waiting || slower)
+            && executed * 100 < expected.executed * pct
         {
             self.stats.timeouts_throughput += 1;
             self.send_stop(self.regency + 1, out);
@@ -1455,14 +1525,14 @@ impl Replica {
         self.early_proposals.clear();
         self.next_proposal = self.last_decided + 1;
         let m = &mut self.monitor;
-        if m.best_current > 0 {
-            m.best_recent.push_back(m.best_current);
+        if let Some(best) = m.best_current.take() {
+            m.best_recent.push_back(best);
             if m.best_recent.len() > RECENT_REGENCIES {
                 m.best_recent.pop_front();
             }
         }
-        m.best_current = 0;
         m.window_start_tick = self.tick;
+        m.pending_ticks = 0;
         m.executed_at_window_start = self.stats.requests_executed;
         if self.stats.requests_executed == m.executed_at_regency_start {
             m.unproductive_regencies = m.unproductive_regencies.saturating_add(1);
@@ -1584,6 +1654,7 @@ impl Replica {
         // are not its window.
         self.monitor.window_start_tick = self.tick;
         self.monitor.executed_at_window_start = self.stats.requests_executed;
+        self.monitor.pending_ticks = 0;
         self.stats.syncs_applied += 1;
         // Every decision proof in the SYNC (verified by the dataplane) lets
         // this replica deliver that instance without state transfer.

@@ -385,6 +385,104 @@ fn a_leader_delivering_far_below_recent_regencies_while_requests_wait_is_replace
     net.assert_agreement();
 }
 
+/// Closed-loop clients for the monitoring scenarios: `clients` requests
+/// outstanding, one per client; each tick every client whose request
+/// replica 2 executed sends its next one. The leader's PROPOSEs reach the
+/// others only on ticks where `leader_fast(tick)` holds (held, not lost,
+/// otherwise: a flooded leader is slow, not silent). Runs until `ticks`
+/// ticks passed or replica 2 left regency 0; returns the ticks run.
+fn closed_loop(
+    net: &mut Net,
+    clients: &[u16],
+    from_tick: u32,
+    ticks: u32,
+    leader_fast: impl Fn(u32) -> bool,
+) -> u32 {
+    let mut held: Vec<Packet> = Vec::new();
+    let mut outstanding: Vec<Option<Vec<u8>>> = vec![None; clients.len()];
+    for t in from_tick..from_tick + ticks {
+        let executed = net.executed(2);
+        for (i, &origin) in clients.iter().enumerate() {
+            let done = outstanding[i]
+                .as_ref()
+                .is_none_or(|want| executed.iter().any(|(_, _, p)| p == want));
+            if done {
+                let payload = format!("c{i} t{t}").into_bytes();
+                net.submit(origin, &payload);
+                outstanding[i] = Some(payload);
+            }
+        }
+        net.tick();
+        let fast = leader_fast(t);
+        if fast {
+            net.wire.extend(held.drain(..));
+        }
+        for _ in 0..1_000_000 {
+            let Some(p) = net.wire.pop_front() else {
+                break;
+            };
+            if !fast && p.from == ReplicaId(0) && is_kind(&p, "PROPOSE") {
+                held.push(p);
+            } else {
+                net.deliver(p);
+            }
+        }
+        if net.replicas[2].regency() > 0 {
+            return t - from_tick + 1;
+        }
+    }
+    ticks
+}
+
+fn monitored_net() -> Net {
+    Net::with_config(4, |c| {
+        c.request_timeout_ticks = 10_000; // only the throughput check acts here
+        c.leader_link_timeout_ticks = 0;
+        c.throughput_window_ticks = 10;
+        c.throughput_min_pct = 50;
+        c.batch_requests_max = 1;
+        c.pipeline_depth = 1;
+    })
+}
+
+/// Issue 11, item 3: a leader flooded mid-regency keeps ordering, a third
+/// as fast, while its clients queue. The first leader is judged against
+/// its own best window (no earlier regency is needed), and replaced
+/// within two windows of the slowdown.
+#[test]
+fn a_first_leader_that_slows_while_clients_queue_is_replaced() {
+    let mut net = monitored_net();
+    let clients = [1, 2, 3, 1, 2, 3];
+    let healthy = closed_loop(&mut net, &clients, 0, 40, |_| true);
+    assert_eq!(healthy, 40, "a healthy leader keeps regency 0");
+    let slow = closed_loop(&mut net, &clients, 40, 100, |t| t % 3 == 0);
+    assert!(
+        slow <= 20,
+        "the slow leader was replaced after {slow} ticks: {:?}",
+        net.replicas[2].stats()
+    );
+    assert!(net.replicas[2].stats().timeouts_throughput >= 1);
+    net.run_ticks(30);
+    net.assert_agreement();
+}
+
+/// The other half of the rule: a load that falls lowers throughput but
+/// not the wait of a request, and the leader stays.
+#[test]
+fn a_load_that_drops_does_not_replace_the_leader() {
+    let mut net = monitored_net();
+    let healthy = closed_loop(&mut net, &[1, 2, 3, 1, 2, 3], 0, 40, |_| true);
+    assert_eq!(healthy, 40);
+    let quiet = closed_loop(&mut net, &[1], 40, 100, |_| true);
+    assert_eq!(quiet, 100, "one client of six left: the leader stays");
+    assert_eq!(net.replicas[2].stats().timeouts_throughput, 0);
+    // A load that grows raises the wait, not the leader's throughput
+    // beyond its best: no change either.
+    let busy = closed_loop(&mut net, &[1, 2, 3, 1, 2, 3, 1, 2, 3], 140, 60, |_| true);
+    assert_eq!(busy, 60);
+    assert_eq!(net.replicas[2].stats().timeouts_throughput, 0);
+}
+
 /// The new leader sends its SYNC and its first PROPOSEs at once; the
 /// network may deliver a PROPOSE first. A replica still waiting for the
 /// SYNC keeps it and takes it once the SYNC is applied (it dropped it, so
