@@ -873,7 +873,7 @@ impl Replica {
     /// needs this replica (one replica silent or flooded: the other three
     /// form every quorum) waits for the slow PROPOSE or a request timeout
     /// (issue 11, item 2; simulator seed 13 of
-    /// `a_silent_backup_changes_nothing_for_the_others`). A correct replica
+    /// `a_silent_backup_never_makes_the_others_change_leader`). A correct replica
     /// still writes at most one value per regency (`take_proposal` refuses
     /// a second), which is all the quorum intersection needs.
     fn check_late_proposal(&mut self, cid: Cid, d: Digest, out: &mut Vec<Output>) {
@@ -926,7 +926,7 @@ impl Replica {
     /// replica still accepts only the one value it wrote. Without it, one
     /// slow WRITE among three replicas (the fourth silent or flooded)
     /// stalls the instance until it arrives (issue 11, item 2; simulator
-    /// seed 11 of `a_silent_backup_changes_nothing_for_the_others`).
+    /// seed 11 of `a_silent_backup_costs_at_most_half_again_in_median_latency`).
     fn try_accept(&mut self, cid: Cid, out: &mut Vec<Output>) {
         let q = self.cfg.quorum();
         let f = self.cfg.f();
@@ -1289,7 +1289,8 @@ impl Replica {
     /// there when requests wait half a window, or when a request's mean
     /// wait (Little's law over the window: pending requests summed per
     /// tick, over requests executed) grew [`WAIT_GROWTH_MIN`] times over
-    /// the best window's: a leader whose receive path is flooded keeps
+    /// the best window's while on average at least half a request was
+    /// pending: a leader whose receive path is flooded keeps
     /// ordering, slower, while its clients queue (issue 11, item 3; RBFT
     /// monitors latency as well as throughput for this reason). A load
     /// that drops lowers throughput but not the wait; a load that grows
@@ -1336,8 +1337,14 @@ impl Replica {
             .pending
             .oldest_tick()
             .is_some_and(|t| self.tick - t >= w / 2);
-        let slower = wait_millitick
-            >= WAIT_GROWTH_MIN.saturating_mul(expected.wait_millitick.max(WAIT_FLOOR_MILLITICK));
+        // Demand: on average at least half a request pending over the
+        // window (one request that arrived in an idle window's last tick is
+        // none, though nothing was executed to divide its wait by).
+        let demand = pending_ticks.saturating_mul(2) >= w;
+        let slower = demand
+            && wait_millitick
+                >= WAIT_GROWTH_MIN
+                    .saturating_mul(expected.wait_millitick.max(WAIT_FLOOR_MILLITICK));
         let pct = self.cfg.throughput_min_pct;
         if pct > 0
             && !self.is_leader()

@@ -483,6 +483,35 @@ fn a_load_that_drops_does_not_replace_the_leader() {
     assert_eq!(net.replicas[2].stats().timeouts_throughput, 0);
 }
 
+/// An idle cluster: one request arrives in the last tick of a window in
+/// which nothing was executed. Its wait cannot be divided by requests
+/// executed, but half a request pending on average is not demand, and the
+/// leader stays. (Tried at every offset, so one lands on the window's
+/// last tick.)
+#[test]
+fn a_request_arriving_at_the_end_of_an_idle_window_does_not_replace_the_leader() {
+    for offset in 0..10 {
+        let mut net = monitored_net();
+        let healthy = closed_loop(&mut net, &[1, 2, 3, 1, 2, 3], 0, 40, |_| true);
+        assert_eq!(healthy, 40);
+        net.run_ticks(20 + offset);
+        net.submit(1, b"after a pause");
+        // The request reaches every replica's pending pool before the tick.
+        while net.deliver_first(|p| is_kind(p, "REQUEST")) {}
+        net.tick();
+        net.run(1_000_000);
+        net.run_ticks(30);
+        for i in 0..4 {
+            assert_eq!(
+                net.replicas[i].stats().timeouts_throughput,
+                0,
+                "offset {offset}, replica {i}"
+            );
+            assert_eq!(net.replicas[i].regency(), 0, "offset {offset}");
+        }
+    }
+}
+
 /// The new leader sends its SYNC and its first PROPOSEs at once; the
 /// network may deliver a PROPOSE first. A replica still waiting for the
 /// SYNC keeps it and takes it once the SYNC is applied (it dropped it, so
