@@ -120,7 +120,7 @@ pub struct StepRow {
     /// (None: could not be read).
     pub usage: Option<Snapshot>,
     /// (threads of the victim, how many were allowed off its CPU) at the
-    /// end of the load; with placement none, "off" is meaningless.
+    /// end of the load; None with placement none.
     pub victim_threads: Option<(usize, usize)>,
     /// The leader change seen from a non-victim during the step (None: its
     /// status could not be read before the flood).
@@ -695,7 +695,9 @@ fn run_step(
         (Some(before), Ok(after)) => Some(after.delta(&before)),
         _ => None,
     };
-    let victim_threads = victim_pid.and_then(|pid| placement::threads_off_cpu(pid, VICTIM_CPU));
+    let victim_threads = victim_pid
+        .filter(|_| config.placement == Placement::Split)
+        .and_then(|pid| placement::threads_off_cpu(pid, VICTIM_CPU));
     if let Some(process) = flood.as_mut() {
         if let Err(e) = process.ensure_running() {
             eprintln!("note: the flooder ended early: {e:#}");
@@ -917,7 +919,7 @@ fn after_change_p99_cell(row: &StepRow) -> String {
 
 fn threads_cell(row: &StepRow) -> String {
     row.victim_threads
-        .map_or("?".into(), |(all, off)| format!("{off} of {all}"))
+        .map_or("-".into(), |(all, off)| format!("{off} of {all}"))
 }
 
 fn fmt_mb(mb: Option<f64>) -> String {
