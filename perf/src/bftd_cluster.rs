@@ -229,14 +229,9 @@ impl BftdCluster {
 
     /// `/status` of one replica (bounded by `timeout`).
     pub async fn status(&self, index: usize, timeout: Duration) -> Result<ReplicaStatus> {
-        let addr = &self.replicas[index].http_addr;
-        let body = tokio::time::timeout(timeout, http_get(addr, "/status"))
+        fetch_status(&self.replicas[index].http_addr, timeout)
             .await
-            .map_err(|_| {
-                anyhow::anyhow!("GET http://{addr}/status: timeout after {timeout:?}")
-            })??;
-        serde_json::from_str(&body)
-            .with_context(|| format!("parse /status of replica {index}: {body}"))
+            .with_context(|| format!("status of replica {index}"))
     }
 
     /// The leader as most running replicas see it (ties: the lower id),
@@ -384,6 +379,17 @@ fn add_plain_listeners(text: &str, base_port: u16) -> Result<String> {
         table.insert("client_plain_addr".into(), toml::Value::String(addr));
     }
     toml::to_string_pretty(&doc).context("serialize")
+}
+
+/// `/status` of the replica whose HTTP listener is `http_addr` (bounded by
+/// `timeout`).
+pub async fn fetch_status(http_addr: &str, timeout: Duration) -> Result<ReplicaStatus> {
+    let body = tokio::time::timeout(timeout, http_get(http_addr, "/status"))
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!("GET http://{http_addr}/status: timeout after {timeout:?}")
+        })??;
+    serde_json::from_str(&body).with_context(|| format!("parse /status: {body}"))
 }
 
 /// A minimal HTTP/1.1 GET (`Connection: close`); returns the body of a 200.

@@ -333,6 +333,13 @@ fn member_layout(config: &EtcdClusterConfig, index: usize) -> EtcdMember {
 
 /// (member id, leader id) from one member's Maintenance Status.
 async fn member_status(endpoint: &str, timeout: Duration) -> Result<(u64, u64)> {
+    member_raft_status(endpoint, timeout)
+        .await
+        .map(|(member, leader, _)| (member, leader))
+}
+
+/// (member id, leader id, raft term) from one member's Maintenance Status.
+pub async fn member_raft_status(endpoint: &str, timeout: Duration) -> Result<(u64, u64, u64)> {
     let options = ConnectOptions::new()
         .with_connect_timeout(timeout)
         .with_timeout(timeout);
@@ -348,7 +355,7 @@ async fn member_status(endpoint: &str, timeout: Duration) -> Result<(u64, u64)> 
         .header()
         .map(|h| h.member_id())
         .with_context(|| format!("status of {endpoint} has no header"))?;
-    Ok((member_id, status.leader()))
+    Ok((member_id, status.leader(), status.raft_term()))
 }
 
 /// Fails with a clear message if something already listens on `addr`

@@ -159,12 +159,14 @@ pub struct FloodSpec {
     pub duration: Duration,
 }
 
-/// Spawns a flooder in `netns`, confined to `cgroup`. `self_exe` is this
-/// harness' binary (it provides `flood-send`).
+/// Spawns a flooder in `netns`, confined to `cgroup` and, if `cpu` is
+/// given, pinned to that CPU from before exec (see [`crate::placement`]).
+/// `self_exe` is this harness' binary (it provides `flood-send`).
 pub fn spawn(
     spec: &FloodSpec,
     netns: &str,
     cgroup: &FlooderCgroup,
+    cpu: Option<usize>,
     self_exe: &Path,
     log_path: &Path,
 ) -> Result<ChildGuard> {
@@ -208,6 +210,9 @@ pub fn spawn(
         }
     };
     join_cgroup_before_exec(&mut command, cgroup.path())?;
+    if let Some(cpu) = cpu {
+        crate::placement::pin_before_exec(&mut command, cpu);
+    }
     ChildGuard::spawn(&format!("flooder-{}", spec.kind.name()), command, log_path)
 }
 

@@ -11,6 +11,7 @@ pub mod html_report;
 pub mod kv_compare;
 pub mod loadgen;
 pub mod netns;
+pub mod placement;
 pub mod plot;
 pub mod procs;
 pub mod report;

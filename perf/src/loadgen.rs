@@ -158,6 +158,10 @@ pub struct LoadgenReport {
     pub latency_us_max: u64,
     pub latency_us_mean: f64,
     pub error_samples: Vec<String>,
+    /// Latency of the operations that started inside the window and after
+    /// the [`SplitMark`] was set (None: no mark given, or never set).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub after_split: Option<PhaseLatency>,
     /// Successful operations in the window that took [`STALL_US`] or more,
     /// in start order (at most [`STALLS_MAX`]): when they started and on
     /// which client, to line them up with what the servers did then.
@@ -174,6 +178,33 @@ pub struct Stall {
     pub at_ms: f64,
     pub latency_ms: f64,
     pub client: u32,
+}
+
+/// Latency of part of the window (see [`LoadgenReport::after_split`]).
+#[derive(Clone, Debug, Serialize)]
+pub struct PhaseLatency {
+    /// Operations counted (successful, started after the mark).
+    pub ops: u64,
+    pub latency_us_p50: u64,
+    pub latency_us_p99: u64,
+    pub latency_us_max: u64,
+}
+
+/// An instant, set once by someone watching the run (the flood benchmark:
+/// when a new leader took over), after which the load generator also keeps
+/// the latencies apart.
+#[derive(Debug, Default)]
+pub struct SplitMark(std::sync::OnceLock<Instant>);
+
+impl SplitMark {
+    /// Sets the mark to `at` unless it is set already.
+    pub fn set(&self, at: Instant) {
+        let _ = self.0.set(at);
+    }
+
+    pub fn get(&self) -> Option<Instant> {
+        self.0.get().copied()
+    }
 }
 
 /// An operation at least this long is a stall, µs.
@@ -228,6 +259,7 @@ pub fn us_to_ms(us: u64) -> f64 {
 /// What is shared read-only by all clients of a run.
 struct Shared {
     config: LoadgenConfig,
+    split: Option<Arc<SplitMark>>,
     /// Pre-built keys: nothing is formatted on the hot path.
     keys: Vec<String>,
     value: Vec<u8>,
@@ -237,6 +269,7 @@ struct Shared {
 /// What one client hands back.
 struct ClientResult {
     histogram: Histogram<u64>,
+    after_split: Histogram<u64>,
     errors: u64,
     error_samples: Vec<String>,
     ops_max_reached: bool,
@@ -246,8 +279,18 @@ struct ClientResult {
 
 /// Runs the load and returns the merged report.
 pub async fn run(config: &LoadgenConfig) -> Result<LoadgenReport> {
+    run_with_split(config, None).await
+}
+
+/// [`run`], and if `split` gets set during the run, the latency of the
+/// operations started after it apart ([`LoadgenReport::after_split`]).
+pub async fn run_with_split(
+    config: &LoadgenConfig,
+    split: Option<Arc<SplitMark>>,
+) -> Result<LoadgenReport> {
     config.validate()?;
     let shared = Arc::new(Shared {
+        split: split.clone(),
         keys: (0..config.key_space)
             .map(|i| key_name(config.key_shape, i))
             .collect(),
@@ -279,6 +322,7 @@ pub async fn run(config: &LoadgenConfig) -> Result<LoadgenReport> {
         ));
     }
     let mut histogram = new_histogram();
+    let mut after_split = new_histogram();
     let mut errors = 0;
     let mut error_samples = Vec::new();
     let mut ops_max_reached = false;
@@ -290,6 +334,9 @@ pub async fn run(config: &LoadgenConfig) -> Result<LoadgenReport> {
         stalls_dropped += result.stalls_dropped;
         histogram
             .add(&result.histogram)
+            .context("merge histograms")?;
+        after_split
+            .add(&result.after_split)
             .context("merge histograms")?;
         errors += result.errors;
         ops_max_reached |= result.ops_max_reached;
@@ -327,6 +374,12 @@ pub async fn run(config: &LoadgenConfig) -> Result<LoadgenReport> {
         latency_us_max: histogram.max(),
         latency_us_mean: histogram.mean(),
         error_samples,
+        after_split: split.and_then(|mark| mark.get()).map(|_| PhaseLatency {
+            ops: after_split.len(),
+            latency_us_p50: after_split.value_at_quantile(0.50),
+            latency_us_p99: after_split.value_at_quantile(0.99),
+            latency_us_max: after_split.max(),
+        }),
         stalls,
         stalls_dropped,
     })
@@ -346,6 +399,7 @@ async fn client_loop(
     );
     let mut result = ClientResult {
         histogram: new_histogram(),
+        after_split: new_histogram(),
         errors: 0,
         error_samples: Vec::new(),
         ops_max_reached: false,
@@ -383,6 +437,14 @@ async fn client_loop(
         match error {
             None if in_window => {
                 result.histogram.saturating_record(latency_us.max(1));
+                let after_mark = shared
+                    .split
+                    .as_ref()
+                    .and_then(|mark| mark.get())
+                    .is_some_and(|mark| started >= mark);
+                if after_mark {
+                    result.after_split.saturating_record(latency_us.max(1));
+                }
                 if latency_us >= STALL_US {
                     if result.stalls.len() < STALLS_MAX {
                         result.stalls.push(Stall {

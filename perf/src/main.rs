@@ -309,6 +309,11 @@ struct FloodArgs {
     /// The flooder's CPU quota in percent of one core (cgroup).
     #[arg(long, default_value_t = 50)]
     flooder_cpu_pct: u32,
+    /// split: the flooded replica (member) and the flooder on CPU 1, the
+    /// other replicas (members) and the load generator on CPU 0, as if they
+    /// were separate hosts; none: the scheduler places everything.
+    #[arg(long, value_enum, default_value = "split")]
+    placement: perf::placement::Placement,
     #[arg(long, default_value_t = 5000)]
     op_timeout_ms: u64,
     #[arg(long, default_value_t = 1)]
@@ -555,6 +560,7 @@ fn run(cli: Cli) -> Result<()> {
                     args.victims
                 },
                 flooder_cpu_pct: args.flooder_cpu_pct,
+                placement: args.placement,
                 calibrate: Duration::from_secs(if quick { 1 } else { 2 }),
                 settle: Duration::from_millis(if quick { 500 } else { 1000 }),
                 op_timeout: Duration::from_millis(args.op_timeout_ms),
