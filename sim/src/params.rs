@@ -172,6 +172,8 @@ pub struct ControlParams {
     pub throughput_window_ticks: u64,
     /// `Config::throughput_min_pct` (0: off).
     pub throughput_min_pct: u64,
+    /// `Config::leader_lag_max_ticks` (0: off).
+    pub leader_lag_max_ticks: u64,
     /// `Config::stop_requests_max`.
     pub stop_requests_max: usize,
     /// `Config::checkpoint_period`.
@@ -196,6 +198,7 @@ impl ControlParams {
         c.sync_timeout_ticks = self.sync_timeout_ticks;
         c.throughput_window_ticks = self.throughput_window_ticks;
         c.throughput_min_pct = self.throughput_min_pct;
+        c.leader_lag_max_ticks = self.leader_lag_max_ticks;
         c.stop_requests_max = self.stop_requests_max;
         c.checkpoint_period = self.checkpoint_period;
         c.state_reply_bytes_max = self.state_reply_bytes_max;
@@ -326,6 +329,16 @@ impl Params {
             sync_timeout_ticks: rng.range(20, 80),
             throughput_window_ticks: rng.range(20, 100),
             throughput_min_pct: if rng.coin() { 0 } else { rng.range(5, 50) },
+            // From a stream of its own, so adding it left every other draw
+            // of a seed as it was.
+            leader_lag_max_ticks: {
+                let mut lag = Prng::fork(seed, "leader_lag", 0);
+                if lag.coin() {
+                    0
+                } else {
+                    lag.range(2, 12)
+                }
+            },
             stop_requests_max: rng.range(1, 16) as usize,
             checkpoint_period: *rng.pick(&[4, 5, 8, 13, 16, 32, 64]),
             state_reply_bytes_max: rng.range(4 << 10, 64 << 10) as usize,

@@ -84,6 +84,8 @@ pub struct Protocol {
     pub sync_timeout_ms: u64,
     #[serde(default = "defaults::leader_link_timeout_ms")]
     pub leader_link_timeout_ms: u64,
+    #[serde(default = "defaults::leader_lag_max_ms")]
+    pub leader_lag_max_ms: u64,
     #[serde(default = "defaults::throughput_window_ms")]
     pub throughput_window_ms: u64,
     #[serde(default = "defaults::throughput_min_pct")]
@@ -133,6 +135,9 @@ mod defaults {
     }
     pub fn leader_link_timeout_ms() -> u64 {
         50
+    }
+    pub fn leader_lag_max_ms() -> u64 {
+        20
     }
     pub fn throughput_window_ms() -> u64 {
         1000
@@ -579,6 +584,7 @@ impl ClusterConfig {
                 "request_timeout_ms",
             ),
             (p.sync_timeout_ms as usize, 3_600_000, "sync_timeout_ms"),
+            (p.leader_lag_max_ms as usize, 3_600_000, "leader_lag_max_ms"),
             (
                 p.throughput_window_ms as usize,
                 3_600_000,
@@ -783,6 +789,11 @@ impl ClusterConfig {
                 0
             } else {
                 ticks(p.leader_link_timeout_ms)
+            },
+            leader_lag_max_ticks: if p.leader_lag_max_ms == 0 {
+                0
+            } else {
+                ticks(p.leader_lag_max_ms)
             },
             throughput_window_ticks: ticks(p.throughput_window_ms),
             throughput_min_pct: p.throughput_min_pct,

@@ -60,6 +60,15 @@ pub struct Config {
     /// connections reset at once, so this is the fast path of failover.
     /// 0 turns it off (request timeouts still apply).
     pub leader_link_timeout_ticks: u64,
+    /// A backup counts the leader's ACCEPT of an instance as late when it
+    /// arrives this many ticks or more after the instance was decided here
+    /// by the other replicas' ACCEPTs (or never): the leader receives and
+    /// processes the quorum's WRITEs slower than its peers, as a leader
+    /// whose receive path is flooded does. When most instances of a
+    /// throughput window (at least 8) are late, the backup asks for a leader
+    /// change (`Replica::monitor_leader_lag`; RBFT's per-replica
+    /// monitoring). 0 turns the check off.
+    pub leader_lag_max_ticks: u64,
     /// A checkpoint is taken after every `checkpoint_period` decisions.
     pub checkpoint_period: u64,
     /// Most bytes of batches in one STATE_REPLY (below the message limit).
@@ -118,6 +127,7 @@ impl Config {
             throughput_min_pct: 50,
             stop_requests_max: 64,
             leader_link_timeout_ticks: 5,
+            leader_lag_max_ticks: 0,
             checkpoint_period: 256,
             state_reply_bytes_max: 2 * 1024 * 1024,
             snapshot_chunk_bytes: wire::transfer::CHUNK_BYTES_MAX,

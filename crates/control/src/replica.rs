@@ -26,7 +26,7 @@
 //! Inputs: verified messages and requests, persistence acknowledgements,
 //! ticks. Outputs: [`Output`]s. No clocks, threads, sockets or randomness.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::sync::Arc;
 
 use wire::{
@@ -70,6 +70,15 @@ pub struct Stats {
     pub timeouts_leader_link: u64,
     pub timeouts_sync: u64,
     pub timeouts_throughput: u64,
+    /// Leader changes started because the leader's ACCEPTs lagged the
+    /// other replicas' (`Config::leader_lag_max_ticks`).
+    pub timeouts_leader_lag: u64,
+    /// Instances decided here in the current regency whose leader ACCEPT
+    /// arrived before the decision or within `leader_lag_max_ticks` of it,
+    /// and those where it came later or never (counted while the check is
+    /// on).
+    pub leader_accepts_on_time: u64,
+    pub leader_accepts_late: u64,
     /// Leader moves asked of this replica as leader (etcd's MoveLeader),
     /// and moves of the current leader this replica joined.
     pub leader_moves_started: u64,
@@ -197,6 +206,25 @@ const WAIT_FLOOR_MILLITICK: u64 = 250;
 
 const RECENT_REGENCIES: usize = 4;
 
+/// How the current leader's ACCEPTs keep pace with the instances decided
+/// here (see `Config::leader_lag_max_ticks`).
+#[derive(Debug, Default)]
+struct LeaderLag {
+    /// Open instances whose leader ACCEPT arrived before this replica
+    /// decided them.
+    early: BTreeSet<Cid>,
+    /// Instances decided here by the others' ACCEPTs, waiting for the
+    /// leader's: the tick of the decision.
+    waiting: BTreeMap<Cid, u64>,
+    /// Instances of the current window whose leader ACCEPT was on time, and
+    /// late.
+    on_time: u64,
+    late: u64,
+}
+
+/// Most instances a window must hold before the leader's lag is judged.
+const LEADER_LAG_INSTANCES_MIN: u64 = 8;
+
 /// The consensus state of one replica.
 #[derive(Debug)]
 pub struct Replica {
@@ -263,6 +291,7 @@ pub struct Replica {
     /// The state transfer in progress, if any.
     transfer: Option<Transfer>,
     monitor: Monitor,
+    leader_lag: LeaderLag,
     /// The undecided next cid while a later one is decided, since when.
     stuck_since: Option<(Cid, u64)>,
     /// Last tick this replica delivered a decision or asked for state.
@@ -322,6 +351,7 @@ impl Replica {
             previous_checkpoint: None,
             transfer: None,
             monitor: Monitor::default(),
+            leader_lag: LeaderLag::default(),
             stuck_since: None,
             last_progress_tick: 0,
             link_seen_up: vec![false; n],
@@ -996,6 +1026,7 @@ impl Replica {
 
     /// Mod-SMaRt step 3: record a signed ACCEPT.
     fn on_accept(&mut self, a: Accept, out: &mut Vec<Output>) {
+        self.note_leader_accept(&a);
         if !self.admit(a.regency, a.cid, a.replica, out) {
             return;
         }
@@ -1028,7 +1059,67 @@ impl Replica {
             return;
         };
         let proof = inst.proof_for(&d);
+        self.note_decided_here(cid);
         self.learn_decision(proof, out);
+    }
+
+    /// Whether this replica watches the leader's ACCEPTs now.
+    fn watches_leader_lag(&self) -> bool {
+        self.cfg.leader_lag_max_ticks > 0 && !self.is_leader() && !self.is_syncing()
+    }
+
+    /// An ACCEPT of the current leader in its regency: on time if the
+    /// instance is not decided here yet; otherwise as late as the ticks
+    /// since its decision (`Config::leader_lag_max_ticks`).
+    fn note_leader_accept(&mut self, a: &Accept) {
+        if !self.watches_leader_lag() || a.regency != self.regency || a.replica != self.leader() {
+            return;
+        }
+        if let Some(t) = self.leader_lag.waiting.remove(&a.cid) {
+            let late = self.tick - t >= self.cfg.leader_lag_max_ticks;
+            self.count_leader_accept(late);
+            return;
+        }
+        let open = a.cid > self.last_decided
+            && a.cid <= self.last_decided + self.cfg.instance_window as u64
+            && self
+                .instances
+                .get(&a.cid)
+                .is_none_or(|i| i.decided.is_none());
+        if open {
+            self.leader_lag.early.insert(a.cid);
+        }
+    }
+
+    /// This replica decided `cid` from a quorum of ACCEPTs of the current
+    /// regency: the leader's ACCEPT was either among the early ones, or is
+    /// now awaited.
+    fn note_decided_here(&mut self, cid: Cid) {
+        if !self.watches_leader_lag() {
+            return;
+        }
+        if self.leader_lag.early.remove(&cid) {
+            self.count_leader_accept(false);
+            return;
+        }
+        // Bounded: at most `instance_window` decisions a tick for as many
+        // ticks as an ACCEPT may lag; past that the oldest counts as late.
+        let cap = self.cfg.instance_window * (self.cfg.leader_lag_max_ticks as usize + 1);
+        if self.leader_lag.waiting.len() >= cap {
+            self.leader_lag.waiting.pop_first();
+            self.count_leader_accept(true);
+        }
+        self.leader_lag.waiting.insert(cid, self.tick);
+    }
+
+    fn count_leader_accept(&mut self, late: bool) {
+        if late {
+            self.leader_lag.late += 1;
+            self.stats.leader_accepts_late += 1;
+        } else {
+            self.leader_lag.on_time += 1;
+            self.stats.leader_accepts_on_time += 1;
+        }
     }
 
     /// Records a decision proof for an open instance (from a quorum of
@@ -1118,6 +1209,8 @@ impl Replica {
             .saturating_sub(self.cfg.instance_window as u64);
         self.late_accepts.retain(|&c, _| c > floor);
         self.accepts_owed.retain(|&c, _| c > floor);
+        let last = self.last_decided;
+        self.leader_lag.early.retain(|&c| c > last);
         self.next_proposal = self.next_proposal.max(self.last_decided + 1);
         self.try_propose(out);
     }
@@ -1303,8 +1396,12 @@ impl Replica {
     /// replaced every leader forever).
     fn monitor_throughput(&mut self, out: &mut Vec<Output>) {
         self.monitor.pending_ticks += self.pending.len() as u64;
+        self.expire_leader_lag();
         let w = self.cfg.throughput_window_ticks << self.monitor.unproductive_regencies.min(6);
         if self.tick < self.monitor.window_start_tick + w {
+            return;
+        }
+        if self.monitor_leader_lag(out) {
             return;
         }
         let m = &mut self.monitor;
@@ -1354,6 +1451,42 @@ impl Replica {
             self.stats.timeouts_throughput += 1;
             self.send_stop(self.regency + 1, out);
         }
+    }
+
+    /// Instances decided here whose leader ACCEPT has not come within
+    /// `leader_lag_max_ticks` count as late now (a leader that sends none
+    /// is as late as one that sends them too late).
+    fn expire_leader_lag(&mut self) {
+        let (tick, max) = (self.tick, self.cfg.leader_lag_max_ticks);
+        let before = self.leader_lag.waiting.len();
+        self.leader_lag.waiting.retain(|_, t| tick - *t < max);
+        let expired = (before - self.leader_lag.waiting.len()) as u64;
+        self.leader_lag.late += expired;
+        self.stats.leader_accepts_late += expired;
+    }
+
+    /// RBFT-style monitoring of the leader itself, at the end of each
+    /// throughput window: when most instances of the window (at least
+    /// [`LEADER_LAG_INSTANCES_MIN`]) were decided here well before the
+    /// leader's ACCEPT arrived, the leader processes the quorum's messages
+    /// slower than its peers (a flooded receive path, a starved core: issue
+    /// 11, item 3). Throughput alone misses it: a flooded leader still
+    /// orders most requests, each later, and closed-loop clients slow down
+    /// with it. Unlike throughput and latency, the lag does not grow with
+    /// the load, which every replica carries alike. Returns whether it
+    /// asked for a leader change.
+    fn monitor_leader_lag(&mut self, out: &mut Vec<Output>) -> bool {
+        let lag = &mut self.leader_lag;
+        let (on_time, late) = (lag.on_time, lag.late);
+        lag.on_time = 0;
+        lag.late = 0;
+        let total = on_time + late;
+        if !self.watches_leader_lag() || total < LEADER_LAG_INSTANCES_MIN || late * 2 <= total {
+            return false;
+        }
+        self.stats.timeouts_leader_lag += 1;
+        self.send_stop(self.regency + 1, out);
+        true
     }
 
     /// Hands the leadership to replica `to` (etcd's MoveLeader; BFT-SMaRt
@@ -1531,6 +1664,7 @@ impl Replica {
         self.pending_sync_values.clear();
         self.early_proposals.clear();
         self.next_proposal = self.last_decided + 1;
+        self.leader_lag = LeaderLag::default();
         let m = &mut self.monitor;
         if let Some(best) = m.best_current.take() {
             m.best_recent.push_back(best);
@@ -1662,6 +1796,8 @@ impl Replica {
         self.monitor.window_start_tick = self.tick;
         self.monitor.executed_at_window_start = self.stats.requests_executed;
         self.monitor.pending_ticks = 0;
+        self.leader_lag.on_time = 0;
+        self.leader_lag.late = 0;
         self.stats.syncs_applied += 1;
         // Every decision proof in the SYNC (verified by the dataplane) lets
         // this replica deliver that instance without state transfer.
@@ -2064,5 +2200,10 @@ impl Replica {
         assert!(self.fetching.len() <= self.cfg.instance_window + 1);
         assert!(self.pending_sync_values.len() <= self.cfg.instance_window);
         assert!(self.log.len() <= self.cfg.decision_log_max());
+        assert!(self.leader_lag.early.len() <= self.cfg.instance_window);
+        assert!(
+            self.leader_lag.waiting.len()
+                <= self.cfg.instance_window * (self.cfg.leader_lag_max_ticks as usize + 1)
+        );
     }
 }

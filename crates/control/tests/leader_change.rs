@@ -387,16 +387,30 @@ fn a_leader_delivering_far_below_recent_regencies_while_requests_wait_is_replace
 
 /// Closed-loop clients for the monitoring scenarios: `clients` requests
 /// outstanding, one per client; each tick every client whose request
-/// replica 2 executed sends its next one. The leader's PROPOSEs reach the
-/// others only on ticks where `leader_fast(tick)` holds (held, not lost,
-/// otherwise: a flooded leader is slow, not silent). Runs until `ticks`
-/// ticks passed or replica 2 left regency 0; returns the ticks run.
+/// replica 2 executed sends its next one. The packets `slowed` picks (by
+/// default the leader's PROPOSEs) reach the others only on ticks where
+/// `leader_fast(tick)` holds (held, not lost, otherwise: a flooded leader
+/// is slow, not silent). Runs until `ticks` ticks passed or replica 2 left
+/// regency 0; returns the ticks run.
 fn closed_loop(
     net: &mut Net,
     clients: &[u16],
     from_tick: u32,
     ticks: u32,
     leader_fast: impl Fn(u32) -> bool,
+) -> u32 {
+    closed_loop_slowing(net, clients, from_tick, ticks, leader_fast, |p| {
+        p.from == ReplicaId(0) && is_kind(p, "PROPOSE")
+    })
+}
+
+fn closed_loop_slowing(
+    net: &mut Net,
+    clients: &[u16],
+    from_tick: u32,
+    ticks: u32,
+    leader_fast: impl Fn(u32) -> bool,
+    slowed: impl Fn(&Packet) -> bool,
 ) -> u32 {
     let mut held: Vec<Packet> = Vec::new();
     let mut outstanding: Vec<Option<Vec<u8>>> = vec![None; clients.len()];
@@ -421,7 +435,7 @@ fn closed_loop(
             let Some(p) = net.wire.pop_front() else {
                 break;
             };
-            if !fast && p.from == ReplicaId(0) && is_kind(&p, "PROPOSE") {
+            if !fast && slowed(&p) {
                 held.push(p);
             } else {
                 net.deliver(p);
@@ -481,6 +495,69 @@ fn a_load_that_drops_does_not_replace_the_leader() {
     let busy = closed_loop(&mut net, &[1, 2, 3, 1, 2, 3, 1, 2, 3], 140, 60, |_| true);
     assert_eq!(busy, 60);
     assert_eq!(net.replicas[2].stats().timeouts_throughput, 0);
+}
+
+fn lag_watched_net() -> Net {
+    Net::with_config(4, |c| {
+        c.request_timeout_ticks = 10_000;
+        c.leader_link_timeout_ticks = 0;
+        c.throughput_window_ticks = 10;
+        c.throughput_min_pct = 0; // only the leader-lag check acts here
+        c.leader_lag_max_ticks = 2;
+        c.batch_requests_max = 1;
+        c.pipeline_depth = 1;
+    })
+}
+
+/// Issue 11, item 3, RBFT-style: a leader that keeps ordering at full
+/// speed but processes its peers' messages late (its ACCEPTs leave only
+/// every fifth tick, as from a flooded receive path) is seen
+/// by the backups, which decide each instance from each other's ACCEPTs
+/// and wait ticks for the leader's, and replaced within a window or two.
+#[test]
+fn a_leader_whose_accepts_lag_its_peers_is_replaced() {
+    let mut net = lag_watched_net();
+    let clients = [1, 2, 3, 1, 2, 3];
+    let healthy = closed_loop(&mut net, &clients, 0, 40, |_| true);
+    assert_eq!(healthy, 40, "a leader keeping pace stays");
+    let s = net.replicas[2].stats();
+    assert!(
+        s.leader_accepts_on_time > 0 && s.leader_accepts_late == 0,
+        "{s:?}"
+    );
+    let lagging = closed_loop_slowing(
+        &mut net,
+        &clients,
+        40,
+        100,
+        |t| t % 5 == 0,
+        |p| p.from == ReplicaId(0) && is_kind(p, "ACCEPT"),
+    );
+    assert!(
+        lagging <= 25,
+        "the lagging leader was replaced after {lagging} ticks: {:?}",
+        net.replicas[2].stats()
+    );
+    assert!(net.replicas[2].stats().timeouts_leader_lag >= 1);
+    net.run_ticks(30);
+    net.assert_agreement();
+}
+
+/// The lag is measured against the others, not against the load: a
+/// cluster at three times the load keeps its leader.
+#[test]
+fn a_busy_leader_that_keeps_pace_is_not_replaced_for_lag() {
+    let mut net = lag_watched_net();
+    let few = closed_loop(&mut net, &[1, 2, 3], 0, 40, |_| true);
+    assert_eq!(few, 40);
+    let many = closed_loop(&mut net, &[1, 2, 3, 1, 2, 3, 1, 2, 3], 40, 60, |_| true);
+    assert_eq!(many, 60);
+    let s = net.replicas[2].stats();
+    assert_eq!(
+        (s.timeouts_leader_lag, s.leader_accepts_late),
+        (0, 0),
+        "{s:?}"
+    );
 }
 
 /// An idle cluster: one request arrives in the last tick of a window in

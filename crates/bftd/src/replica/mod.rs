@@ -858,7 +858,17 @@ impl Source for Observer {
                 ("sync_timeout", c.timeouts_sync),
                 ("leader_link", c.timeouts_leader_link),
                 ("low_throughput", c.timeouts_throughput),
+                ("leader_lag", c.timeouts_leader_lag),
                 ("leader_move", c.leader_moves_started),
+            ],
+        );
+        by_reason(
+            &mut v,
+            "leader_accepts",
+            "Instances decided here in a regency this replica follows, by when the leader's ACCEPT came: before the decision or within leader_lag_max_ms (on_time), or later or never (late)",
+            &[
+                ("on_time", c.leader_accepts_on_time),
+                ("late", c.leader_accepts_late),
             ],
         );
         v.push(Sample::counter(
