@@ -395,6 +395,16 @@ impl Values {
     }
 }
 
+/// Closes the environment when the store goes: heed keeps every open
+/// environment in a registry (one per path) until told it is closing, and
+/// closes it when its last handle (the `env` field, dropped right after
+/// this) goes, so the directory can be opened again at once.
+impl Drop for Lmdb {
+    fn drop(&mut self) {
+        drop(self.env.clone().prepare_for_closing());
+    }
+}
+
 impl Lmdb {
     /// Panics on an LMDB failure: a broken invariant of a replica.
     fn broken(&self, what: &str, e: heed::Error) -> ! {
@@ -475,6 +485,8 @@ fn open_lmdb(dir: &Path, map_size_bytes: u64) -> Result<Lmdb, OpenError> {
     }
     wipe(dir).map_err(err)?;
     std::fs::create_dir_all(dir).map_err(|e| err(format!("cannot create the directory: {e}")))?;
+    // LMDB wants a multiple of the OS page size: round up to 1 MiB.
+    let map_size_bytes = map_size_bytes.max(1).div_ceil(MAP_ALIGN_BYTES) * MAP_ALIGN_BYTES;
     let map_size = usize::try_from(map_size_bytes).map_err(|_| {
         err(format!(
             "map size {map_size_bytes} bytes does not fit the address space"
@@ -511,6 +523,10 @@ fn open_lmdb(dir: &Path, map_size_bytes: u64) -> Result<Lmdb, OpenError> {
 /// snapshot ([`Values::load`]): 64 MiB, so a large restore does not build
 /// one huge transaction.
 const LOAD_TXN_BYTES_TARGET: usize = 64 << 20;
+
+/// LMDB map sizes are rounded up to a multiple of this, bytes (1 MiB: a
+/// multiple of every OS page size).
+const MAP_ALIGN_BYTES: u64 = 1 << 20;
 
 /// Readers an LMDB environment admits at once: every API thread that
 /// holds the store's read lock reads through one read transaction.
@@ -574,5 +590,183 @@ impl Reader<'_> {
                     })
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pb::etcdserverpb::{CompactionRequest, PutRequest};
+    use crate::{KvError, Store, DEFAULT_MAX_TXN_OPS};
+
+    fn put(s: &mut Store, key: &[u8], value: Vec<u8>) -> Result<crate::Response, KvError> {
+        s.apply(
+            &PutRequest {
+                key: key.to_vec(),
+                value,
+                ..Default::default()
+            }
+            .into(),
+        )
+    }
+
+    fn lmdb(dir: &Path, map_size_bytes: u64) -> ValueBackend {
+        ValueBackend::Lmdb {
+            dir: dir.to_path_buf(),
+            map_size_bytes,
+        }
+    }
+
+    #[test]
+    fn the_map_reserves_four_quotas_and_a_gibibyte() {
+        assert_eq!(lmdb_map_size_bytes(1 << 20), (4 << 20) + (1 << 30));
+        assert_eq!(
+            lmdb_map_size_bytes(0),
+            4 * DEFAULT_QUOTA_BACKEND_BYTES + (1 << 30),
+            "0 is the default quota"
+        );
+    }
+
+    #[test]
+    fn opening_wipes_an_old_environment_and_starts_empty() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("kv.lmdb");
+        let backend = lmdb(&dir, 64 << 20);
+        let mut s = Store::open(&backend, DEFAULT_MAX_TXN_OPS).unwrap();
+        put(&mut s, b"a", vec![1; 100]).unwrap();
+        assert_eq!(s.values.stored(), 1);
+        drop(s);
+        assert!(dir.join("data.mdb").exists());
+        let s = Store::open(&backend, DEFAULT_MAX_TXN_OPS).unwrap();
+        assert_eq!(s.values.stored(), 0);
+        assert_eq!(s.values.all(), Vec::new(), "the old values are gone");
+    }
+
+    #[test]
+    fn a_directory_with_other_files_is_refused_and_left_alone() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("precious"), b"x").unwrap();
+        let e = Store::open(&lmdb(tmp.path(), 64 << 20), DEFAULT_MAX_TXN_OPS).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.starts_with(&format!(
+                "cannot open kv store at {}: ",
+                tmp.path().display()
+            )),
+            "{text}"
+        );
+        assert!(text.contains("\"precious\""), "{text}");
+        assert!(tmp.path().join("precious").exists());
+    }
+
+    #[test]
+    fn a_path_that_cannot_be_a_directory_is_an_open_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("file");
+        std::fs::write(&file, b"x").unwrap();
+        let e =
+            Store::open(&lmdb(&file.join("kv.lmdb"), 64 << 20), DEFAULT_MAX_TXN_OPS).unwrap_err();
+        assert!(e.to_string().starts_with("cannot open kv store at "), "{e}");
+    }
+
+    #[test]
+    fn a_directory_a_live_store_uses_is_not_opened_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let backend = lmdb(&tmp.path().join("kv.lmdb"), 64 << 20);
+        let mut first = Store::open(&backend, DEFAULT_MAX_TXN_OPS).unwrap();
+        put(&mut first, b"a", b"v".to_vec()).unwrap();
+        let e = Store::open(&backend, DEFAULT_MAX_TXN_OPS).unwrap_err();
+        assert!(e.why.contains("has it open"), "{e}");
+        // The first store is untouched.
+        assert_eq!(first.values.all().len(), 1);
+        drop(first);
+        Store::open(&backend, DEFAULT_MAX_TXN_OPS).unwrap();
+    }
+
+    #[test]
+    fn compaction_deletes_the_dropped_values_from_lmdb() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&lmdb(&tmp.path().join("kv"), 64 << 20), 128).unwrap();
+        for i in 0..10u8 {
+            put(&mut s, b"a", vec![i; 3000]).unwrap();
+            put(&mut s, &[b'k', i], vec![i; 10]).unwrap();
+        }
+        assert_eq!(s.values.stored(), 20);
+        let rev = s.revision();
+        s.apply(
+            &CompactionRequest {
+                revision: rev,
+                physical: false,
+            }
+            .into(),
+        )
+        .unwrap();
+        // "a" keeps its newest put, each "k<i>" its only one.
+        assert_eq!(s.values.stored(), 11);
+        let stored: Vec<Revision> = s.values.all().into_iter().map(|(r, _)| r).collect();
+        assert_eq!(stored.len(), 11);
+        assert_eq!(stored.last().unwrap().main, rev);
+    }
+
+    #[test]
+    fn a_full_map_grows_and_the_write_goes_through() {
+        let tmp = tempfile::tempdir().unwrap();
+        // A map far below what the quota admits: only the growth keeps
+        // the writes going.
+        let mut s = Store::open(&lmdb(&tmp.path().join("kv"), 1 << 20), 128).unwrap();
+        for i in 0..64u32 {
+            put(&mut s, &i.to_be_bytes(), vec![7; 64 << 10]).unwrap();
+        }
+        let ValueBackend::Lmdb { map_size_bytes, .. } = s.value_backend() else {
+            panic!("on LMDB");
+        };
+        assert!(map_size_bytes >= 4 << 20, "grown to {map_size_bytes}");
+        assert_eq!(s.values.stored(), 64);
+        let back = Store::restore(&s.snapshot()).unwrap();
+        assert_eq!(back.state_digest(), s.state_digest());
+    }
+
+    #[test]
+    fn the_quota_refuses_writes_with_nospace_before_the_map_fills() {
+        let tmp = tempfile::tempdir().unwrap();
+        let quota = 1 << 20;
+        let mut s = Store::open(
+            &ValueBackend::lmdb_for_quota(tmp.path().join("kv"), quota),
+            128,
+        )
+        .unwrap();
+        s.set_quota_bytes(quota);
+        let mut refused = 0;
+        for i in 0..200u32 {
+            match put(&mut s, &i.to_be_bytes(), vec![1; 16 << 10]) {
+                Ok(_) => assert_eq!(refused, 0, "nothing passes once the quota is reached"),
+                Err(KvError::NoSpace) => refused += 1,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(refused > 100, "the quota refused {refused} writes");
+        assert!(s.size_bytes() <= quota);
+        let ValueBackend::Lmdb { map_size_bytes, .. } = s.value_backend() else {
+            panic!("on LMDB");
+        };
+        assert_eq!(
+            map_size_bytes,
+            lmdb_map_size_bytes(quota),
+            "the map never filled"
+        );
+    }
+
+    #[test]
+    fn lmdb_keys_sort_by_revision() {
+        let revs = [(2, 0), (2, 1), (2, 256), (3, 0), (256, 0), (1 << 40, 7)];
+        let keys: Vec<[u8; KEY_BYTES]> = revs
+            .iter()
+            .map(|&(main, sub)| lmdb_key(Revision { main, sub }))
+            .collect();
+        assert!(keys.windows(2).all(|w| w[0] < w[1]));
+        for (k, &(main, sub)) in keys.iter().zip(&revs) {
+            assert_eq!(revision_of(k), Some(Revision { main, sub }));
+        }
+        assert_eq!(revision_of(&keys[0][..11]), None);
     }
 }
