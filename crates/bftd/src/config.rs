@@ -51,6 +51,19 @@ pub enum Durability {
     Memory,
 }
 
+/// Where the kv store keeps the values of its history (`[storage]
+/// kv_backend`); the key index is in the heap either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KvBackend {
+    /// In LMDB under the data directory ([`ClusterConfig::kv_dir`]), a
+    /// cache rebuilt at every start (default).
+    #[default]
+    Lmdb,
+    /// In the heap (the store as it was before LMDB).
+    Heap,
+}
+
 /// Core pinning policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -223,6 +236,9 @@ pub struct Storage {
     /// identical store, or refuses to start.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub initial_snapshot_sha256: String,
+    /// Where the kv store keeps its values: "lmdb" (default) or "heap".
+    #[serde(default)]
+    pub kv_backend: KvBackend,
 }
 
 /// `[dataplane]`: threads, pinning and queue bounds of one replica.
@@ -825,6 +841,27 @@ impl ClusterConfig {
     /// Data directory of replica `id`.
     pub fn data_dir(&self, id: u16) -> PathBuf {
         self.resolve(&self.storage.data_dir.replace("{id}", &id.to_string()))
+    }
+
+    /// The LMDB directory of replica `id`'s kv values:
+    /// `<data_dir>/host-kv.lmdb` (a `host-` name, so the log's recovery
+    /// passes over it: `storage::HOST_FILE_PREFIX`).
+    pub fn kv_dir(&self, id: u16) -> PathBuf {
+        self.data_dir(id)
+            .join(format!("{}kv.lmdb", storage::HOST_FILE_PREFIX))
+    }
+
+    /// Where replica `id`'s kv store keeps its values (`[storage]
+    /// kv_backend`): LMDB in [`ClusterConfig::kv_dir`] with the map
+    /// `kv::lmdb_map_size_bytes` derives from `[protocol]
+    /// quota_backend_bytes`, or the heap.
+    pub fn kv_value_backend(&self, id: u16) -> kv::ValueBackend {
+        match self.storage.kv_backend {
+            KvBackend::Heap => kv::ValueBackend::Heap,
+            KvBackend::Lmdb => {
+                kv::ValueBackend::lmdb_for_quota(self.kv_dir(id), self.protocol.quota_backend_bytes)
+            }
+        }
     }
 
     /// Path of replica `id`'s secret key file.

@@ -528,6 +528,25 @@ impl Store {
         Ok(store)
     }
 
+    /// A store from [`Store::snapshot`] bytes (checked as
+    /// [`Store::restore_with_max_txn_ops`]) that keeps its values where
+    /// `old` keeps them: `old`'s values are dropped and its backend (an
+    /// open LMDB environment) is reused, so the directory need not be
+    /// opened again. The txn-ops limit is `old`'s; the space quota and the
+    /// lease votes needed are configuration: set them again. State
+    /// transfer installs a checkpoint this way.
+    ///
+    /// # Errors
+    /// As [`Store::restore_with_max_txn_ops`]; `old` is dropped then.
+    pub fn restore_reusing(bytes: &[u8], old: Store) -> Result<Store, DecodeError> {
+        let (mut store, values) = Self::decode(bytes, old.max_txn_ops)?;
+        let mut reused = old.values;
+        reused.clear();
+        reused.load(&values);
+        store.values = reused;
+        Ok(store)
+    }
+
     /// This store with its values moved to `backend` (a new LMDB directory
     /// is wiped and created afresh); the same store if they are there.
     ///

@@ -240,6 +240,7 @@ impl Values {
     }
 
     /// Values stored, staged ones not counted.
+    #[cfg(test)]
     pub(crate) fn stored(&self) -> u64 {
         self.stored
     }
@@ -311,6 +312,16 @@ impl Values {
             }),
         }
         self.stored -= revs.len() as u64;
+    }
+
+    /// Drops every value (a restored store takes over this one's backend).
+    pub(crate) fn clear(&mut self) {
+        self.staged.clear();
+        match &mut self.kind {
+            Kind::Heap(m) => m.clear(),
+            Kind::Lmdb(l) => l.write("clear values", |txn, table| table.clear(txn)),
+        }
+        self.stored = 0;
     }
 
     /// Stores `values` (ascending by revision) into an empty store: for

@@ -932,7 +932,9 @@ proptest! {
     /// The same commands on a store with heap values and one with LMDB
     /// values give the same responses, state digests, snapshots, HashKV,
     /// watch events and reads; a store restored from a snapshot onto LMDB
-    /// midway continues identically; both compare equal as stores.
+    /// midway, and the LMDB store restored over itself
+    /// (`restore_reusing`), continue identically; both compare equal as
+    /// stores.
     #[test]
     fn heap_and_lmdb_values_give_the_same_store(
         commands in prop::collection::vec(arb_backend_command(), 1..60),
@@ -954,6 +956,11 @@ proptest! {
                 let r = Store::restore_on(&heap.snapshot(), kv::DEFAULT_MAX_TXN_OPS, &backend).unwrap();
                 prop_assert_eq!(observe(&r), observe(&heap));
                 restored = Some(r);
+                // State transfer's way: the LMDB store takes a snapshot
+                // over, in its own environment.
+                let bytes = lmdb.snapshot();
+                lmdb = Store::restore_reusing(&bytes, lmdb).unwrap();
+                prop_assert_eq!(observe(&lmdb), observe(&heap));
             }
             let want = heap.apply(cmd);
             prop_assert_eq!(&lmdb.apply(cmd), &want, "command {:?}", cmd);

@@ -60,6 +60,9 @@ pub enum StartError {
     Recovery(String),
     #[error("[storage] initial_snapshot: {0}")]
     InitialSnapshot(String),
+    /// The kv store's LMDB directory (`[storage] kv_backend = "lmdb"`).
+    #[error("{0}")]
+    KvStore(kv::OpenError),
 }
 
 /// A running replica's shared handles (for the API, metrics and tests).
@@ -331,6 +334,7 @@ fn start_on<R: RxPath, T: nic::TxPath>(
         &limits,
         config.api.proxy_bundle_ops_max,
         config.protocol.quota_backend_bytes,
+        &config.kv_value_backend(id),
         || crate::seed::initial_store(&config),
     )?;
     tracing::info!(
