@@ -137,7 +137,11 @@ fn encode_entry(out: &mut impl Sink, e: &Entry, value: &[u8]) {
             out.i64(p.create_revision);
             out.i64(p.version);
             out.i64(p.lease);
-            debug_assert_eq!(value.len(), p.value_bytes as usize);
+            assert_eq!(
+                value.len(),
+                p.value_bytes as usize,
+                "the value has its indexed length"
+            );
             out.bytes(value);
         }
         Event::Tombstone => out.u8(KIND_TOMBSTONE),

@@ -159,7 +159,11 @@ impl History {
 
 /// The key-value of `key`'s put `p` at `mod_revision` with `value`.
 pub(crate) fn key_value(key: &[u8], mod_revision: i64, p: &PutEvent, value: &[u8]) -> KeyValue {
-    debug_assert_eq!(value.len(), p.value_bytes as usize);
+    assert_eq!(
+        value.len(),
+        p.value_bytes as usize,
+        "the value has its indexed length"
+    );
     KeyValue {
         key: key.to_vec(),
         create_revision: p.create_revision,
