@@ -301,6 +301,10 @@ fn decode_auth(r: &mut WireReader<'_>) -> Result<crate::auth::AuthStore, DecodeE
     Ok(a)
 }
 
+/// The value of every put of a decoded snapshot, by revision, borrowed
+/// from the snapshot's bytes.
+type PutValues<'a> = Vec<(Revision, &'a [u8])>;
+
 /// Why a snapshot could not be restored on a value backend
 /// ([`Store::restore_on`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -570,10 +574,7 @@ impl Store {
     /// Decodes and checks a snapshot: the store with no values yet (heap
     /// values, empty) and the values of its puts, ascending by revision,
     /// borrowed from `bytes`.
-    fn decode(
-        bytes: &[u8],
-        max_txn_ops: usize,
-    ) -> Result<(Store, Vec<(Revision, &[u8])>), DecodeError> {
+    fn decode(bytes: &[u8], max_txn_ops: usize) -> Result<(Store, PutValues<'_>), DecodeError> {
         let mut store = Store::with_max_txn_ops(max_txn_ops);
         let mut r = WireReader::new(bytes);
         if r.raw(MAGIC.len())? != MAGIC {

@@ -899,16 +899,18 @@ fn arb_backend_command() -> impl Strategy<Value = Command> {
 }
 
 /// Everything a client or a replica can observe of a store.
-fn observe(
-    s: &Store,
-) -> (
-    Vec<u8>,
-    kv::Digest,
-    Result<(u32, i64), KvError>,
-    String,
-    i64,
-    u64,
-) {
+#[derive(Debug, PartialEq)]
+struct Observed {
+    snapshot: Vec<u8>,
+    digest: kv::Digest,
+    hash_kv: Result<(u32, i64), KvError>,
+    /// Watch events from revision 1 and a Range of every key, as text.
+    reads: String,
+    revision: i64,
+    size_bytes: u64,
+}
+
+fn observe(s: &Store) -> Observed {
     let all = RangeRequest {
         key: vec![0],
         range_end: vec![0],
@@ -916,14 +918,14 @@ fn observe(
     };
     let watch = format!("{:?}", s.watch_events(&[0], &[0], 1, usize::MAX));
     let range = format!("{:?}", s.range(&all));
-    (
-        s.snapshot(),
-        s.state_digest(),
-        s.hash_kv(0),
-        watch + &range,
-        s.revision(),
-        s.size_bytes(),
-    )
+    Observed {
+        snapshot: s.snapshot(),
+        digest: s.state_digest(),
+        hash_kv: s.hash_kv(0),
+        reads: watch + &range,
+        revision: s.revision(),
+        size_bytes: s.size_bytes(),
+    }
 }
 
 proptest! {
