@@ -1013,6 +1013,33 @@ mod tests {
     }
 
     #[test]
+    fn kv_values_go_to_lmdb_under_the_data_dir_with_a_map_from_the_quota_unless_heap() {
+        let mut c = ClusterConfig::default_template();
+        assert_eq!(c.storage.kv_backend, KvBackend::Lmdb, "the default");
+        c.protocol.quota_backend_bytes = 1 << 30;
+        let want_dir = c.data_dir(2).join("host-kv.lmdb");
+        assert_eq!(c.kv_dir(2), want_dir);
+        assert_eq!(
+            c.kv_value_backend(2),
+            kv::ValueBackend::Lmdb {
+                dir: want_dir,
+                map_size_bytes: kv::lmdb_map_size_bytes(1 << 30),
+            }
+        );
+        // A config written before the field loads with LMDB.
+        let old = c.to_toml().replace("kv_backend = \"lmdb\"\n", "");
+        assert!(!old.contains("kv_backend"));
+        let loaded: ClusterConfig = toml::from_str(&old).unwrap();
+        assert_eq!(loaded.storage.kv_backend, KvBackend::Lmdb);
+        let heap: ClusterConfig = toml::from_str(
+            &c.to_toml()
+                .replace("kv_backend = \"lmdb\"", "kv_backend = \"heap\""),
+        )
+        .unwrap();
+        assert_eq!(heap.kv_value_backend(2), kv::ValueBackend::Heap);
+    }
+
+    #[test]
     fn the_embedded_default_matches_the_defaults_of_newer_fields() {
         // A config written before these fields existed still loads, with
         // the same values as the embedded default.
