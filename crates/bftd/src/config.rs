@@ -51,6 +51,19 @@ pub enum Durability {
     Memory,
 }
 
+/// Where the kv store keeps the values of its history (`[storage]
+/// kv_backend`); the key index is in the heap either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KvBackend {
+    /// In LMDB under the data directory ([`ClusterConfig::kv_dir`]), a
+    /// cache rebuilt at every start (default).
+    #[default]
+    Lmdb,
+    /// In the heap (the store as it was before LMDB).
+    Heap,
+}
+
 /// Core pinning policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -228,6 +241,9 @@ pub struct Storage {
     /// identical store, or refuses to start.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub initial_snapshot_sha256: String,
+    /// Where the kv store keeps its values: "lmdb" (default) or "heap".
+    #[serde(default)]
+    pub kv_backend: KvBackend,
 }
 
 /// `[dataplane]`: threads, pinning and queue bounds of one replica.
@@ -838,6 +854,27 @@ impl ClusterConfig {
         self.resolve(&self.storage.data_dir.replace("{id}", &id.to_string()))
     }
 
+    /// The LMDB directory of replica `id`'s kv values:
+    /// `<data_dir>/host-kv.lmdb` (a `host-` name, so the log's recovery
+    /// passes over it: `storage::HOST_FILE_PREFIX`).
+    pub fn kv_dir(&self, id: u16) -> PathBuf {
+        self.data_dir(id)
+            .join(format!("{}kv.lmdb", storage::HOST_FILE_PREFIX))
+    }
+
+    /// Where replica `id`'s kv store keeps its values (`[storage]
+    /// kv_backend`): LMDB in [`ClusterConfig::kv_dir`] with the map
+    /// `kv::lmdb_map_size_bytes` derives from `[protocol]
+    /// quota_backend_bytes`, or the heap.
+    pub fn kv_value_backend(&self, id: u16) -> kv::ValueBackend {
+        match self.storage.kv_backend {
+            KvBackend::Heap => kv::ValueBackend::Heap,
+            KvBackend::Lmdb => {
+                kv::ValueBackend::lmdb_for_quota(self.kv_dir(id), self.protocol.quota_backend_bytes)
+            }
+        }
+    }
+
     /// Path of replica `id`'s secret key file.
     pub fn key_path(&self, id: u16) -> PathBuf {
         match self
@@ -984,6 +1021,33 @@ mod tests {
         );
         assert_eq!(c.control_config(1).quorum(), 3);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn kv_values_go_to_lmdb_under_the_data_dir_with_a_map_from_the_quota_unless_heap() {
+        let mut c = ClusterConfig::default_template();
+        assert_eq!(c.storage.kv_backend, KvBackend::Lmdb, "the default");
+        c.protocol.quota_backend_bytes = 1 << 30;
+        let want_dir = c.data_dir(2).join("host-kv.lmdb");
+        assert_eq!(c.kv_dir(2), want_dir);
+        assert_eq!(
+            c.kv_value_backend(2),
+            kv::ValueBackend::Lmdb {
+                dir: want_dir,
+                map_size_bytes: kv::lmdb_map_size_bytes(1 << 30),
+            }
+        );
+        // A config written before the field loads with LMDB.
+        let old = c.to_toml().replace("kv_backend = \"lmdb\"\n", "");
+        assert!(!old.contains("kv_backend"));
+        let loaded: ClusterConfig = toml::from_str(&old).unwrap();
+        assert_eq!(loaded.storage.kv_backend, KvBackend::Lmdb);
+        let heap: ClusterConfig = toml::from_str(
+            &c.to_toml()
+                .replace("kv_backend = \"lmdb\"", "kv_backend = \"heap\""),
+        )
+        .unwrap();
+        assert_eq!(heap.kv_value_backend(2), kv::ValueBackend::Heap);
     }
 
     #[test]

@@ -167,24 +167,26 @@ impl Ranges {
             .checked_sub(1)
     }
 
-    /// Adds entry `e` of `key`, of `bytes` entry bytes. `false` (nothing
-    /// changed) if `e` lies below the first range.
-    pub(crate) fn add(&mut self, key: &[u8], e: &Entry, bytes: u64) -> bool {
+    /// Adds entry `e` of `key` with `value` (empty for a tombstone), of
+    /// `bytes` entry bytes. `false` (nothing changed) if `e` lies below the
+    /// first range.
+    pub(crate) fn add(&mut self, key: &[u8], e: &Entry, value: &[u8], bytes: u64) -> bool {
         let Some(i) = self.index_of(e.rev.main) else {
             return false;
         };
         let r = &mut self.ranges[i];
         r.entries += 1;
         r.bytes += bytes;
-        r.hash.add(&entry_hash(key, e));
+        r.hash.add(&entry_hash(key, e, value));
         true
     }
 
-    /// Removes entry `e` of `key` (added before with the same `bytes`).
+    /// Removes entry `e` of `key` (added before with the same `value` and
+    /// `bytes`).
     ///
     /// # Panics
     /// If its range does not hold it (a broken store invariant).
-    pub(crate) fn remove(&mut self, key: &[u8], e: &Entry, bytes: u64) {
+    pub(crate) fn remove(&mut self, key: &[u8], e: &Entry, value: &[u8], bytes: u64) {
         let i = self
             .index_of(e.rev.main)
             .expect("a stored entry lies in a range");
@@ -194,7 +196,7 @@ impl Ranges {
             .bytes
             .checked_sub(bytes)
             .expect("the range counts the entry");
-        r.hash.sub(&entry_hash(key, e));
+        r.hash.sub(&entry_hash(key, e, value));
     }
 
     /// Closes the open range if it holds [`RANGE_BYTES_TARGET`] bytes or
@@ -257,10 +259,10 @@ impl Ranges {
     }
 }
 
-/// The [`LtHash`] of one history entry of `key`: over the key and the
-/// entry as the snapshot encodes them.
-pub(crate) fn entry_hash(key: &[u8], e: &Entry) -> LtHash {
-    LtHash::of(|h| crate::snapshot::feed_keyed_entry(h, key, e))
+/// The [`LtHash`] of one history entry of `key` with `value` (empty for a
+/// tombstone): over the key and the entry as the snapshot encodes them.
+pub(crate) fn entry_hash(key: &[u8], e: &Entry, value: &[u8]) -> LtHash {
+    LtHash::of(|h| crate::snapshot::feed_keyed_entry(h, key, e, value))
 }
 
 #[cfg(test)]
@@ -275,7 +277,7 @@ mod tests {
                 create_revision: main,
                 version: 1,
                 lease: 0,
-                value: value.to_vec(),
+                value_bytes: value.len() as u32,
             }),
         }
     }
@@ -283,7 +285,7 @@ mod tests {
     #[test]
     fn a_set_hash_does_not_depend_on_the_order_of_its_elements() {
         let e: Vec<LtHash> = (0..5)
-            .map(|i| entry_hash(b"k", &put(i + 2, b"v")))
+            .map(|i| entry_hash(b"k", &put(i + 2, b"v"), b"v"))
             .collect();
         let mut forward = LtHash::default();
         e.iter().for_each(|h| forward.add(h));
@@ -302,20 +304,20 @@ mod tests {
 
     #[test]
     fn entries_that_differ_in_any_field_hash_apart() {
-        let base = entry_hash(b"k", &put(2, b"v"));
-        assert_ne!(base, entry_hash(b"j", &put(2, b"v")), "key");
-        assert_ne!(base, entry_hash(b"k", &put(3, b"v")), "revision");
-        assert_ne!(base, entry_hash(b"k", &put(2, b"w")), "value");
+        let base = entry_hash(b"k", &put(2, b"v"), b"v");
+        assert_ne!(base, entry_hash(b"j", &put(2, b"v"), b"v"), "key");
+        assert_ne!(base, entry_hash(b"k", &put(3, b"v"), b"v"), "revision");
+        assert_ne!(base, entry_hash(b"k", &put(2, b"w"), b"w"), "value");
         let tomb = Entry {
             rev: Revision { main: 2, sub: 0 },
             event: Event::Tombstone,
         };
-        assert_ne!(base, entry_hash(b"k", &tomb), "kind");
+        assert_ne!(base, entry_hash(b"k", &tomb, b""), "kind");
         // The key and the value are length-prefixed: moving a byte from
         // one to the other changes the hash.
         assert_ne!(
-            entry_hash(b"ka", &put(2, b"b")),
-            entry_hash(b"k", &put(2, b"ab"))
+            entry_hash(b"ka", &put(2, b"b"), b"b"),
+            entry_hash(b"k", &put(2, b"ab"), b"ab")
         );
     }
 
@@ -323,22 +325,22 @@ mod tests {
     fn the_open_range_closes_at_the_target_and_compaction_merges_what_fits() {
         let mut r = Ranges::new();
         let big = RANGE_BYTES_TARGET / 2;
-        r.add(b"a", &put(2, b"x"), big);
+        r.add(b"a", &put(2, b"x"), b"x", big);
         r.close_if_full(3);
         assert_eq!(r.ranges().len(), 1, "half the target stays open");
-        r.add(b"b", &put(3, b"x"), big);
+        r.add(b"b", &put(3, b"x"), b"x", big);
         r.close_if_full(4);
         assert_eq!(r.ranges().len(), 2);
         assert_eq!(r.ranges()[1].start, 4);
-        r.add(b"c", &put(4, b"x"), RANGE_BYTES_TARGET);
+        r.add(b"c", &put(4, b"x"), b"x", RANGE_BYTES_TARGET);
         r.close_if_full(5);
         assert_eq!(
             r.ranges().iter().map(|x| x.start).collect::<Vec<_>>(),
             vec![1, 4, 5]
         );
         // Compaction drops "a" and "b": the first range empties and goes.
-        r.remove(b"a", &put(2, b"x"), big);
-        r.remove(b"b", &put(3, b"x"), big);
+        r.remove(b"a", &put(2, b"x"), b"x", big);
+        r.remove(b"b", &put(3, b"x"), b"x", big);
         r.merge_after_compaction();
         assert_eq!(
             r.ranges().iter().map(|x| x.start).collect::<Vec<_>>(),
@@ -346,11 +348,11 @@ mod tests {
         );
         // Two small closed ranges merge into one, the open one stays.
         let mut r = Ranges::with_starts(&[1, 10, 20, 30]).unwrap();
-        r.add(b"a", &put(5, b"x"), 100);
-        r.add(b"b", &put(15, b"x"), 100);
-        r.add(b"c", &put(25, b"x"), RANGE_BYTES_TARGET);
-        let mut both = entry_hash(b"a", &put(5, b"x"));
-        both.add(&entry_hash(b"b", &put(15, b"x")));
+        r.add(b"a", &put(5, b"x"), b"x", 100);
+        r.add(b"b", &put(15, b"x"), b"x", 100);
+        r.add(b"c", &put(25, b"x"), b"x", RANGE_BYTES_TARGET);
+        let mut both = entry_hash(b"a", &put(5, b"x"), b"x");
+        both.add(&entry_hash(b"b", &put(15, b"x"), b"x"));
         r.merge_after_compaction();
         assert_eq!(
             r.ranges().iter().map(|x| x.start).collect::<Vec<_>>(),

@@ -16,6 +16,9 @@
 //! - Snapshots, the state digest and HashKV: [`Store::snapshot`],
 //!   [`Store::restore`], [`Store::state_digest`] (kept as writes execute,
 //!   over the revision ranges of [`digest`]), [`Store::hash_kv`].
+//! - Where values live: [`ValueBackend`] (the heap, or LMDB keyed by
+//!   revision as etcd's bbolt `key` bucket), [`Store::open`],
+//!   [`Store::restore_on`]; the key index stays in the heap.
 //! - Watch reads: [`Store::watch_events`], the changes of a key range
 //!   from a revision on (etcd's watchable store), from a revision index.
 //!
@@ -31,6 +34,7 @@ pub mod lease;
 mod snapshot;
 mod store;
 mod validate;
+mod values;
 mod watch;
 
 /// Types generated from `proto/` by prost (see `build.rs`).
@@ -80,9 +84,13 @@ pub use command::{decode_batch, encode_batch};
 pub use error::KvError;
 pub use lease::LeaseInfo;
 pub use pb::bftdkv::Command;
+pub use snapshot::LoadError;
 pub use store::{
     Response, Store, DEFAULT_MAX_TXN_OPS, DEFAULT_QUOTA_BACKEND_BYTES,
     DEFAULT_RANGE_RESPONSE_BYTES_MAX, ENTRY_OVERHEAD_BYTES,
+};
+pub use values::{
+    lmdb_map_size_bytes, OpenError, ValueBackend, LMDB_MAP_HEADROOM_BYTES, LMDB_MAP_QUOTA_FACTOR,
 };
 pub use watch::{EventPage, WatchCompacted};
 pub use wire::{DecodeError, Digest};

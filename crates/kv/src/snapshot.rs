@@ -38,7 +38,7 @@
 
 use std::collections::BTreeMap;
 
-use wire::codec::Reader;
+use wire::codec::Reader as WireReader;
 use wire::hash::{Digest, Hasher};
 use wire::DecodeError;
 
@@ -46,6 +46,7 @@ use crate::error::KvError;
 use crate::store::{
     entry_bytes, Entry, Event, History, PutEvent, Revision, Store, DEFAULT_MAX_TXN_OPS,
 };
+use crate::values::{OpenError, Reader, ValueBackend, Values};
 
 const MAGIC: &[u8; 6] = b"bftdkv";
 const VERSION: u8 = 4;
@@ -110,15 +111,24 @@ impl Sink for Xof<'_> {
     }
 }
 
-/// Feeds `h` the canonical encoding of entry `e` of `key`: the key
-/// (length-prefixed) and the entry as a snapshot encodes it.
-pub(crate) fn feed_keyed_entry(h: &mut blake3::Hasher, key: &[u8], e: &Entry) {
+/// Feeds `h` the canonical encoding of entry `e` of `key` with `value`
+/// (ignored for a tombstone): the key (length-prefixed) and the entry as a
+/// snapshot encodes it.
+pub(crate) fn feed_keyed_entry(h: &mut blake3::Hasher, key: &[u8], e: &Entry, value: &[u8]) {
     let mut out = Xof(h);
     out.bytes(key);
-    encode_entry(&mut out, e);
+    encode_entry(&mut out, e, value);
 }
 
-fn encode_entry(out: &mut impl Sink, e: &Entry) {
+/// The value of entry `e` as `values` holds it (empty for a tombstone).
+fn value_of<'a>(values: &'a Reader<'_>, e: &Entry) -> &'a [u8] {
+    match e.event {
+        Event::Put(_) => values.get(e.rev),
+        Event::Tombstone => &[],
+    }
+}
+
+fn encode_entry(out: &mut impl Sink, e: &Entry, value: &[u8]) {
     out.i64(e.rev.main);
     out.i64(e.rev.sub);
     match &e.event {
@@ -127,7 +137,12 @@ fn encode_entry(out: &mut impl Sink, e: &Entry) {
             out.i64(p.create_revision);
             out.i64(p.version);
             out.i64(p.lease);
-            out.bytes(&p.value);
+            assert_eq!(
+                value.len(),
+                p.value_bytes as usize,
+                "the value has its indexed length"
+            );
+            out.bytes(value);
         }
         Event::Tombstone => out.u8(KIND_TOMBSTONE),
     }
@@ -139,11 +154,12 @@ fn encode_store(store: &Store, out: &mut impl Sink) {
     out.i64(store.current_revision);
     out.i64(store.compact_revision);
     out.count(store.keys.len());
+    let values = store.values.reader();
     for (key, history) in &store.keys {
         out.bytes(key);
         out.count(history.entries.len());
         for e in &history.entries {
-            encode_entry(out, e);
+            encode_entry(out, e, value_of(&values, e));
         }
     }
     encode_small_state(store, out);
@@ -202,10 +218,10 @@ fn encode_small_state(store: &Store, out: &mut impl Sink) {
 /// keeps true: names UTF-8 and ascending, permissions ascending with a
 /// known kind, and auth enabled only with a root user holding the root
 /// role.
-fn decode_auth(r: &mut Reader<'_>) -> Result<crate::auth::AuthStore, DecodeError> {
+fn decode_auth(r: &mut WireReader<'_>) -> Result<crate::auth::AuthStore, DecodeError> {
     use crate::auth::{AuthStore, PermKind, Permission, User, ROOT_ROLE, ROOT_USER};
     let bad = DecodeError::Invalid("kv snapshot: auth");
-    let text = |r: &mut Reader<'_>, what| -> Result<String, DecodeError> {
+    let text = |r: &mut WireReader<'_>, what| -> Result<String, DecodeError> {
         String::from_utf8(r.bytes(what, usize::MAX)?.to_vec())
             .map_err(|_| DecodeError::Invalid("kv snapshot: auth name not UTF-8"))
     };
@@ -285,9 +301,25 @@ fn decode_auth(r: &mut Reader<'_>) -> Result<crate::auth::AuthStore, DecodeError
     Ok(a)
 }
 
+/// The value of every put of a decoded snapshot, by revision, borrowed
+/// from the snapshot's bytes.
+type PutValues<'a> = Vec<(Revision, &'a [u8])>;
+
+/// Why a snapshot could not be restored on a value backend
+/// ([`Store::restore_on`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LoadError {
+    /// The snapshot does not decode or breaks a store invariant.
+    #[error("{0}")]
+    Decode(DecodeError),
+    /// The value backend cannot be opened.
+    #[error("{0}")]
+    Open(OpenError),
+}
+
 /// Decodes the alarm part of a version-2 snapshot.
 fn decode_alarms(
-    r: &mut Reader<'_>,
+    r: &mut WireReader<'_>,
 ) -> Result<std::collections::BTreeSet<(u64, i32)>, DecodeError> {
     let n = r.count("alarms", usize::MAX, 8 + 4)?;
     let mut alarms = std::collections::BTreeSet::new();
@@ -304,7 +336,9 @@ fn decode_alarms(
 }
 
 /// Decodes the lease part of a version-2 snapshot (see the module docs).
-fn decode_leases(r: &mut Reader<'_>) -> Result<(u64, Vec<crate::lease::LeaseRow>), DecodeError> {
+fn decode_leases(
+    r: &mut WireReader<'_>,
+) -> Result<(u64, Vec<crate::lease::LeaseRow>), DecodeError> {
     use crate::lease::{MAX_LEASE_TTL_S, MIN_LEASE_TTL_S};
     let bad = DecodeError::Invalid("kv snapshot: lease table");
     let epoch_max = r.u64()?;
@@ -337,24 +371,29 @@ fn decode_leases(r: &mut Reader<'_>) -> Result<(u64, Vec<crate::lease::LeaseRow>
     Ok((epoch_max, rows))
 }
 
-fn i64_field(r: &mut Reader<'_>) -> Result<i64, DecodeError> {
+fn i64_field(r: &mut WireReader<'_>) -> Result<i64, DecodeError> {
     Ok(r.u64()? as i64)
 }
 
-fn decode_entry(r: &mut Reader<'_>) -> Result<Entry, DecodeError> {
+/// One entry and, for a put, its value (borrowed from the snapshot).
+fn decode_entry<'a>(r: &mut WireReader<'a>) -> Result<(Entry, Option<&'a [u8]>), DecodeError> {
     let main = i64_field(r)?;
     let sub = i64_field(r)?;
+    let mut value = None;
     let event = match r.u8()? {
         KIND_PUT => {
             let create_revision = i64_field(r)?;
             let version = i64_field(r)?;
             let lease = i64_field(r)?;
-            let value = r.bytes("value", usize::MAX)?.to_vec();
+            let v = r.bytes("value", usize::MAX)?;
+            let value_bytes = u32::try_from(v.len())
+                .map_err(|_| DecodeError::Invalid("kv snapshot: value of 4 GiB or more"))?;
+            value = Some(v);
             Event::Put(PutEvent {
                 create_revision,
                 version,
                 lease,
-                value,
+                value_bytes,
             })
         }
         KIND_TOMBSTONE => Event::Tombstone,
@@ -365,10 +404,13 @@ fn decode_entry(r: &mut Reader<'_>) -> Result<Entry, DecodeError> {
             })
         }
     };
-    Ok(Entry {
-        rev: Revision { main, sub },
-        event,
-    })
+    Ok((
+        Entry {
+            rev: Revision { main, sub },
+            event,
+        },
+        value,
+    ))
 }
 
 /// Checks the invariants [`Store`] keeps for one key's history (see
@@ -470,8 +512,71 @@ impl Store {
         bytes: &[u8],
         max_txn_ops: usize,
     ) -> Result<Store, DecodeError> {
+        let (mut store, values) = Self::decode(bytes, max_txn_ops)?;
+        store.values.load(&values);
+        Ok(store)
+    }
+
+    /// [`Store::restore_with_max_txn_ops`] with the values on `backend`.
+    /// The snapshot is checked whole before an LMDB directory is touched;
+    /// then the directory is wiped and created afresh and the values are
+    /// written in revision order.
+    ///
+    /// # Errors
+    /// [`LoadError::Decode`] as [`Store::restore_with_max_txn_ops`];
+    /// [`LoadError::Open`] when the LMDB directory cannot be opened.
+    pub fn restore_on(
+        bytes: &[u8],
+        max_txn_ops: usize,
+        backend: &ValueBackend,
+    ) -> Result<Store, LoadError> {
+        let (mut store, values) = Self::decode(bytes, max_txn_ops).map_err(LoadError::Decode)?;
+        store.values = Values::open(backend).map_err(LoadError::Open)?;
+        store.values.load(&values);
+        Ok(store)
+    }
+
+    /// A store from [`Store::snapshot`] bytes (checked as
+    /// [`Store::restore_with_max_txn_ops`]) that keeps its values where
+    /// `old` keeps them: `old`'s values are dropped and its backend (an
+    /// open LMDB environment) is reused, so the directory need not be
+    /// opened again. The txn-ops limit is `old`'s; the space quota and the
+    /// lease votes needed are configuration: set them again. State
+    /// transfer installs a checkpoint this way.
+    ///
+    /// # Errors
+    /// As [`Store::restore_with_max_txn_ops`]; `old` is dropped then.
+    pub fn restore_reusing(bytes: &[u8], old: Store) -> Result<Store, DecodeError> {
+        let (mut store, values) = Self::decode(bytes, old.max_txn_ops)?;
+        let mut reused = old.values;
+        reused.clear();
+        reused.load(&values);
+        store.values = reused;
+        Ok(store)
+    }
+
+    /// This store with its values moved to `backend` (a new LMDB directory
+    /// is wiped and created afresh); the same store if they are there.
+    ///
+    /// # Errors
+    /// The LMDB directory cannot be opened.
+    pub fn into_backend(mut self, backend: &ValueBackend) -> Result<Store, OpenError> {
+        if self.values.backend() == *backend {
+            return Ok(self);
+        }
+        let all = self.values.all();
+        self.values = Values::open(backend)?;
+        let refs: Vec<(Revision, &[u8])> = all.iter().map(|(r, v)| (*r, v.as_slice())).collect();
+        self.values.load(&refs);
+        Ok(self)
+    }
+
+    /// Decodes and checks a snapshot: the store with no values yet (heap
+    /// values, empty) and the values of its puts, ascending by revision,
+    /// borrowed from `bytes`.
+    fn decode(bytes: &[u8], max_txn_ops: usize) -> Result<(Store, PutValues<'_>), DecodeError> {
         let mut store = Store::with_max_txn_ops(max_txn_ops);
-        let mut r = Reader::new(bytes);
+        let mut r = WireReader::new(bytes);
         if r.raw(MAGIC.len())? != MAGIC {
             return Err(DecodeError::Invalid("kv snapshot magic"));
         }
@@ -496,6 +601,8 @@ impl Store {
         let mut live_keys = 0usize;
         let mut size_bytes = 0u64;
         let mut last_key: Option<&[u8]> = None;
+        // The value of every put, in key order, then entry order.
+        let mut values: Vec<(Revision, &[u8])> = Vec::new();
         for _ in 0..key_count {
             let key = r.bytes("key", usize::MAX)?;
             if key.is_empty() || last_key.is_some_and(|last| last >= key) {
@@ -505,7 +612,11 @@ impl Store {
             let n = r.count("entries", usize::MAX, ENTRY_BYTES_MIN)?;
             let mut entries = Vec::with_capacity(n);
             for _ in 0..n {
-                entries.push(decode_entry(&mut r)?);
+                let (e, value) = decode_entry(&mut r)?;
+                if let Some(v) = value {
+                    values.push((e.rev, v));
+                }
+                entries.push(e);
             }
             check_history(&entries, current, compact)?;
             size_bytes += entries
@@ -542,7 +653,7 @@ impl Store {
             cut_ranges(&keys)
         };
         r.finish()?;
-        store.ranges = ranges_of(&keys, &starts, current)?;
+        store.ranges = ranges_of(&keys, &values, &starts, current)?;
         store.keys = keys;
         store.current_revision = current;
         store.compact_revision = compact;
@@ -550,7 +661,13 @@ impl Store {
         store.size_bytes = size_bytes;
         store.rebuild_changes();
         store.rebuild_lease_keys().map_err(DecodeError::Invalid)?;
-        Ok(store)
+        values.sort_unstable_by_key(|(rev, _)| *rev);
+        if values.windows(2).any(|w| w[0].0 == w[1].0) {
+            return Err(DecodeError::Invalid(
+                "kv snapshot: two puts at one revision",
+            ));
+        }
+        Ok((store, values))
     }
 
     /// The digest of the replicated state, kept as writes execute: BLAKE3
@@ -614,6 +731,7 @@ impl Store {
         };
         let mut h = Hasher::new();
         h.put(HASH_KV_DOMAIN);
+        let values = self.values.reader();
         for (key, history) in &self.keys {
             let n = history.entries.partition_point(|e| e.rev.main <= at);
             if n == 0 {
@@ -622,7 +740,7 @@ impl Store {
             h.bytes(key);
             h.count(n);
             for e in &history.entries[..n] {
-                encode_entry(&mut h, e);
+                encode_entry(&mut h, e, value_of(&values, e));
             }
         }
         let d = h.finalize();
@@ -663,8 +781,11 @@ fn cut_ranges(keys: &BTreeMap<Vec<u8>, History>) -> Vec<i64> {
 /// The digest ranges at `starts` over every entry of `keys`. Errors when
 /// the starts are out of order, an entry lies below the first range, a
 /// closed range is empty, or the open range starts past the next revision.
+/// `values`: the value of every put of `keys`, in key order, then entry
+/// order.
 fn ranges_of(
     keys: &BTreeMap<Vec<u8>, History>,
+    values: &[(Revision, &[u8])],
     starts: &[i64],
     current_revision: i64,
 ) -> Result<crate::digest::Ranges, DecodeError> {
@@ -673,9 +794,18 @@ fn ranges_of(
     if starts.last().is_some_and(|s| *s > current_revision + 1) {
         return Err(bad);
     }
+    let mut values = values.iter();
     for (key, history) in keys {
         for e in &history.entries {
-            if !ranges.add(key, e, entry_bytes(key, &e.event)) {
+            let value: &[u8] = match e.event {
+                Event::Put(_) => {
+                    let (rev, v) = values.next().expect("one value per put");
+                    assert_eq!(*rev, e.rev, "values come in entry order");
+                    v
+                }
+                Event::Tombstone => &[],
+            };
+            if !ranges.add(key, e, value, entry_bytes(key, &e.event)) {
                 return Err(bad);
             }
         }

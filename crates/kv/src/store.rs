@@ -24,6 +24,7 @@ use crate::pb::etcdserverpb::{
 };
 use crate::pb::mvccpb::KeyValue;
 use crate::validate;
+use crate::values::{Reader, Values};
 
 /// etcd's default `--max-txn-ops`.
 pub const DEFAULT_MAX_TXN_OPS: usize = 128;
@@ -50,7 +51,7 @@ pub const ENTRY_OVERHEAD_BYTES: u64 = 256;
 /// the value (none for a tombstone) and [`ENTRY_OVERHEAD_BYTES`].
 pub(crate) fn entry_bytes(key: &[u8], event: &Event) -> u64 {
     let value = match event {
-        Event::Put(p) => p.value.len(),
+        Event::Put(p) => p.value_bytes as usize,
         Event::Tombstone => 0,
     };
     key.len() as u64 + value as u64 + ENTRY_OVERHEAD_BYTES
@@ -65,13 +66,16 @@ pub(crate) struct Revision {
     pub sub: i64,
 }
 
-/// A put: the key's fields as of this revision.
+/// A put: the key's fields as of this revision. The value itself is in
+/// the store's [`Values`], at the put's revision.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct PutEvent {
     pub create_revision: i64,
     pub version: i64,
     pub lease: i64,
-    pub value: Vec<u8>,
+    /// Length of the value, bytes (values are at most a request, far
+    /// below 4 GiB).
+    pub value_bytes: u32,
 }
 
 /// One change of one key.
@@ -102,13 +106,14 @@ impl History {
         n.checked_sub(1).map(|i| &self.entries[i])
     }
 
-    /// The key's put as seen at `rev`, if the key exists then.
-    fn live_at(&self, rev: i64) -> Option<(i64, &PutEvent)> {
+    /// The key's put as seen at `rev` and its revision, if the key exists
+    /// then.
+    fn live_at(&self, rev: i64) -> Option<(Revision, &PutEvent)> {
         match self.at(rev) {
             Some(Entry {
                 rev,
                 event: Event::Put(p),
-            }) => Some((rev.main, p)),
+            }) => Some((*rev, p)),
             _ => None,
         }
     }
@@ -117,13 +122,17 @@ impl History {
     /// newest one with `main <= rev`, and that one too if it is a
     /// tombstone. Returns whether anything is left; adds the
     /// [`entry_bytes`] of what it dropped to `freed`.
-    /// Removes what it drops from the digest `ranges`.
+    /// Removes what it drops from the digest `ranges` (reading the values
+    /// from `values`) and adds the revisions of the puts it dropped to
+    /// `dropped_puts`.
     fn compact(
         &mut self,
         key: &[u8],
         rev: i64,
         freed: &mut u64,
         ranges: &mut crate::digest::Ranges,
+        values: &Reader<'_>,
+        dropped_puts: &mut Vec<Revision>,
     ) -> bool {
         let n = self.entries.partition_point(|e| e.rev.main <= rev);
         if let Some(last) = n.checked_sub(1) {
@@ -134,20 +143,33 @@ impl History {
             for e in self.entries.drain(..drop) {
                 let bytes = entry_bytes(key, &e.event);
                 *freed += bytes;
-                ranges.remove(key, &e, bytes);
+                let value: &[u8] = match e.event {
+                    Event::Put(_) => {
+                        dropped_puts.push(e.rev);
+                        values.get(e.rev)
+                    }
+                    Event::Tombstone => &[],
+                };
+                ranges.remove(key, &e, value, bytes);
             }
         }
         !self.entries.is_empty()
     }
 }
 
-pub(crate) fn key_value(key: &[u8], mod_revision: i64, p: &PutEvent) -> KeyValue {
+/// The key-value of `key`'s put `p` at `mod_revision` with `value`.
+pub(crate) fn key_value(key: &[u8], mod_revision: i64, p: &PutEvent, value: &[u8]) -> KeyValue {
+    assert_eq!(
+        value.len(),
+        p.value_bytes as usize,
+        "the value has its indexed length"
+    );
     KeyValue {
         key: key.to_vec(),
         create_revision: p.create_revision,
         mod_revision,
         version: p.version,
-        value: p.value.clone(),
+        value: value.to_vec(),
         lease: p.lease,
     }
 }
@@ -290,8 +312,16 @@ impl WriteTxn {
 /// Deterministic: no clocks, randomness or hash-map order; equal command
 /// sequences give equal responses, [`Store::state_digest`]s and
 /// [`Store::snapshot`]s on every replica (given the same quota and
-/// txn-ops limit).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// txn-ops limit), whatever their value backend.
+///
+/// - Values ([`crate::ValueBackend`]): the key index (every key's history
+///   of revisions, create_revision, version, lease and value length) is in
+///   the heap; the value bytes are in the heap ([`Store::new`]) or in LMDB
+///   ([`Store::open`]), keyed by revision as etcd's bbolt `key` bucket.
+///
+/// Equality compares the logical state (index, values, leases, alarms,
+/// auth, ranges), not where the values live.
+#[derive(Debug, PartialEq, Eq)]
 pub struct Store {
     pub(crate) keys: BTreeMap<Vec<u8>, History>,
     pub(crate) current_revision: i64,
@@ -320,6 +350,8 @@ pub struct Store {
     /// (see `digest.rs`): kept by `commit` and compaction, so the state
     /// digest needs no pass over `keys`.
     pub(crate) ranges: crate::digest::Ranges,
+    /// The value of every put in `keys`, by revision (see `values.rs`).
+    pub(crate) values: Values,
 }
 
 impl Default for Store {
@@ -340,6 +372,30 @@ impl Store {
     /// success ops and failure ops per level (etcd's `--max-txn-ops`).
     /// Panics if `max_txn_ops` is 0.
     pub fn with_max_txn_ops(max_txn_ops: usize) -> Self {
+        Self::with_values(max_txn_ops, Values::heap())
+    }
+
+    /// An empty store as [`Store::with_max_txn_ops`] whose values live on
+    /// `backend`; an LMDB directory is wiped and created afresh (it is a
+    /// cache: a replica rebuilds its store from its checkpoint and log).
+    /// Panics if `max_txn_ops` is 0.
+    ///
+    /// # Errors
+    /// The LMDB directory cannot be wiped, created or opened
+    /// ([`crate::OpenError`] says where and why).
+    pub fn open(
+        backend: &crate::ValueBackend,
+        max_txn_ops: usize,
+    ) -> Result<Self, crate::OpenError> {
+        Ok(Self::with_values(max_txn_ops, Values::open(backend)?))
+    }
+
+    /// Where this store keeps its values.
+    pub fn value_backend(&self) -> crate::ValueBackend {
+        self.values.backend()
+    }
+
+    pub(crate) fn with_values(max_txn_ops: usize, values: Values) -> Self {
         assert!(max_txn_ops > 0, "max_txn_ops must be positive");
         Self {
             keys: BTreeMap::new(),
@@ -356,6 +412,7 @@ impl Store {
             alarms: std::collections::BTreeSet::new(),
             auth: Default::default(),
             ranges: crate::digest::Ranges::new(),
+            values,
         }
     }
 
@@ -644,8 +701,8 @@ impl Store {
             _ => None,
         };
 
-        // (key, mod_revision, put) of each selected key.
-        let mut found: Vec<(&[u8], i64, &PutEvent)> = Vec::new();
+        // (key, revision, put) of each selected key.
+        let mut found: Vec<(&[u8], Revision, &PutEvent)> = Vec::new();
         let mut count: i64 = 0;
         for (key, history) in self.keys.range::<[u8], _>(bounds) {
             let Some((mod_revision, put)) = history.live_at(at) else {
@@ -657,7 +714,8 @@ impl Store {
             }
         }
 
-        found.retain(|&(_, mod_revision, p)| {
+        found.retain(|&(_, rev, p)| {
+            let mod_revision = rev.main;
             !((req.max_mod_revision != 0 && mod_revision > req.max_mod_revision)
                 || (req.min_mod_revision != 0 && mod_revision < req.min_mod_revision)
                 || (req.max_create_revision != 0 && p.create_revision > req.max_create_revision)
@@ -669,14 +727,15 @@ impl Store {
         } else {
             sort_order
         };
+        let values = self.values.reader();
         if order != SortOrder::None {
-            type Found<'a> = (&'a [u8], i64, &'a PutEvent);
+            type Found<'a> = (&'a [u8], Revision, &'a PutEvent);
             let cmp = |a: &Found, b: &Found| match sort_target {
                 SortTarget::Key => a.0.cmp(b.0),
                 SortTarget::Version => a.2.version.cmp(&b.2.version),
                 SortTarget::Create => a.2.create_revision.cmp(&b.2.create_revision),
-                SortTarget::Mod => a.1.cmp(&b.1),
-                SortTarget::Value => a.2.value.cmp(&b.2.value),
+                SortTarget::Mod => a.1.main.cmp(&b.1.main),
+                SortTarget::Value => values.get(a.1).cmp(values.get(b.1)),
             };
             // Stable sorts: ties stay in key order on every replica (etcd's
             // Go sort.Sort leaves tie order unspecified).
@@ -696,18 +755,18 @@ impl Store {
             }
         }
         let mut kvs = Vec::with_capacity(found.len());
-        for (key, mod_revision, put) in found {
+        for (key, rev, put) in found {
             let kv = if req.keys_only {
                 KeyValue {
                     key: key.to_vec(),
                     create_revision: put.create_revision,
-                    mod_revision,
+                    mod_revision: rev.main,
                     version: put.version,
                     value: Vec::new(),
                     lease: put.lease,
                 }
             } else {
-                key_value(key, mod_revision, put)
+                key_value(key, rev.main, put, values.get(rev))
             };
             // As a repeated field of the response: tag, length, message.
             let len = prost::Message::encoded_len(&kv);
@@ -725,9 +784,13 @@ impl Store {
 
     /// The live key-values in `[key, range_end)` at `at`.
     fn live_kvs(&self, key: &[u8], range_end: &[u8], at: i64) -> Vec<KeyValue> {
+        let values = self.values.reader();
         self.keys
             .range::<[u8], _>(key_bounds(key, range_end))
-            .filter_map(|(k, h)| h.live_at(at).map(|(m, p)| key_value(k, m, p)))
+            .filter_map(|(k, h)| {
+                h.live_at(at)
+                    .map(|(r, p)| key_value(k, r.main, p, values.get(r)))
+            })
             .collect()
     }
 
@@ -735,17 +798,20 @@ impl Store {
 
     fn compare_holds(&self, c: &Compare, at: i64) -> bool {
         let mut any = false;
+        let values = self.values.reader();
+        let by_value = c.target == CompareTarget::Value as i32;
         for (_, history) in self.keys.range::<[u8], _>(key_bounds(&c.key, &c.range_end)) {
-            let Some((mod_revision, put)) = history.live_at(at) else {
+            let Some((rev, put)) = history.live_at(at) else {
                 continue;
             };
             any = true;
             let view = CompareView {
                 create_revision: put.create_revision,
-                mod_revision,
+                mod_revision: rev.main,
                 version: put.version,
                 lease: put.lease,
-                value: &put.value,
+                // Only a VALUE compare reads the value.
+                value: if by_value { values.get(rev) } else { &[] },
             };
             if !compare_kv(c, &view) {
                 return false;
@@ -834,7 +900,7 @@ impl Store {
         })
     }
 
-    fn live(&self, key: &[u8], at: i64) -> Option<(i64, &PutEvent)> {
+    fn live(&self, key: &[u8], at: i64) -> Option<(Revision, &PutEvent)> {
         self.keys.get(key).and_then(|h| h.live_at(at))
     }
 
@@ -909,6 +975,7 @@ impl Store {
             for (k, before, after) in moves {
                 self.move_lease_key(&k, before, after);
             }
+            let values = self.values.reader();
             for (sub, key) in tx.touched.into_iter().enumerate() {
                 let rev = Revision {
                     main: self.current_revision,
@@ -920,12 +987,19 @@ impl Store {
                     .binary_search_by(|e| e.rev.cmp(&rev))
                     .expect("each change of the txn is in its key's history");
                 let e = &history.entries[i];
-                let added = self.ranges.add(&key, e, entry_bytes(&key, &e.event));
+                let value: &[u8] = match e.event {
+                    Event::Put(_) => values.get(rev),
+                    Event::Tombstone => &[],
+                };
+                let added = self.ranges.add(&key, e, value, entry_bytes(&key, &e.event));
                 assert!(added, "a new revision lies in the open range");
                 self.changes.insert(rev, key);
             }
+            drop(values);
             self.ranges.close_if_full(self.current_revision + 1);
         }
+        // One write transaction of the value store per command.
+        self.values.flush();
     }
 
     /// Undoes every change of `tx`: they are the trailing entries with main
@@ -951,11 +1025,14 @@ impl Store {
                 self.keys.remove(key);
             }
         }
+        self.values.discard_staged();
         let live = self.live_keys as i64 - tx.live_delta;
         self.live_keys = usize::try_from(live).expect("live key count stays non-negative");
     }
 
-    fn push_change(&mut self, tx: &mut WriteTxn, key: &[u8], event: Event) {
+    /// Appends `event` to `key`'s history at the txn's next revision, which
+    /// it returns.
+    fn push_change(&mut self, tx: &mut WriteTxn, key: &[u8], event: Event) -> Revision {
         let rev = Revision {
             main: tx.write_revision(),
             sub: tx.changes,
@@ -968,6 +1045,7 @@ impl Store {
         history.entries.push(Entry { rev, event });
         tx.changes += 1;
         tx.touched.push(key.to_vec());
+        rev
     }
 
     /// etcd's `storeTxnWrite.put`: keeps `create_revision` and bumps
@@ -986,9 +1064,10 @@ impl Store {
             create_revision,
             version,
             lease,
-            value,
+            value_bytes: u32::try_from(value.len()).expect("a value below 4 GiB"),
         });
-        self.push_change(tx, key, event);
+        let rev = self.push_change(tx, key, event);
+        self.values.stage(rev, value);
     }
 
     /// etcd's `storeTxnWrite.deleteRange`: a tombstone for every key that
@@ -1012,8 +1091,9 @@ impl Store {
     /// etcd's `applierV3backend.Put` inside a write txn.
     fn exec_put(&mut self, tx: &mut WriteTxn, p: &PutRequest) -> Result<PutResponse, KvError> {
         let prev = if p.ignore_value || p.ignore_lease || p.prev_kv {
+            let values = self.values.reader();
             self.live(&p.key, tx.view_revision())
-                .map(|(m, put)| key_value(&p.key, m, put))
+                .map(|(r, put)| key_value(&p.key, r.main, put, values.get(r)))
         } else {
             None
         };
@@ -1174,9 +1254,17 @@ impl Store {
             return Err(KvError::FutureRevision);
         }
         let mut freed = 0;
+        let mut dropped_puts = Vec::new();
         let ranges = &mut self.ranges;
+        let values = self.values.reader();
         self.keys
-            .retain(|k, h| h.compact(k, revision, &mut freed, ranges));
+            .retain(|k, h| h.compact(k, revision, &mut freed, ranges, &values, &mut dropped_puts));
+        drop(values);
+        // One write transaction of the value store for the compaction
+        // (etcd's `scheduleCompaction` deletes in batches; bftd's values
+        // are a cache rebuilt at start, so one transaction is enough).
+        dropped_puts.sort_unstable();
+        self.values.remove(&dropped_puts);
         self.ranges.merge_after_compaction();
         self.size_bytes = self
             .size_bytes

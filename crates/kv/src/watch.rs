@@ -114,16 +114,20 @@ impl Store {
     fn event_at(&self, key: &[u8], rev: Revision) -> Option<PbEvent> {
         let history = self.keys.get(key)?;
         let i = history.entries.binary_search_by(|e| e.rev.cmp(&rev)).ok()?;
-        let prev_kv = i
-            .checked_sub(1)
-            .and_then(|p| match &history.entries[p].event {
-                Event::Put(put) => Some(key_value(key, history.entries[p].rev.main, put)),
+        let values = self.values.reader();
+        let prev_kv = i.checked_sub(1).and_then(|p| {
+            let before = &history.entries[p];
+            match &before.event {
+                Event::Put(put) => {
+                    Some(key_value(key, before.rev.main, put, values.get(before.rev)))
+                }
                 Event::Tombstone => None,
-            });
+            }
+        });
         Some(match &history.entries[i].event {
             Event::Put(put) => PbEvent {
                 r#type: EventType::Put as i32,
-                kv: Some(key_value(key, rev.main, put)),
+                kv: Some(key_value(key, rev.main, put, values.get(rev))),
                 prev_kv,
             },
             Event::Tombstone => PbEvent {

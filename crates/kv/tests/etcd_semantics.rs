@@ -1337,11 +1337,14 @@ fn execute_read_only_matches_apply_and_refuses_writes() {
     }
     .into();
     let local = s.execute_read_only(&t).unwrap();
-    assert_eq!(s.clone().apply(&t).unwrap(), local);
+    assert_eq!(
+        Store::restore(&s.snapshot()).unwrap().apply(&t).unwrap(),
+        local
+    );
     let r: Command = range_req("a", "\0").into();
     assert_eq!(
         s.execute_read_only(&r).unwrap(),
-        s.clone().apply(&r).unwrap()
+        Store::restore(&s.snapshot()).unwrap().apply(&r).unwrap()
     );
     assert_eq!(
         s.execute_read_only(&put_req("a", "1").into()),

@@ -163,7 +163,15 @@ pub fn restore_with_quota(
     commands_max: usize,
     quota_backend_bytes: u64,
 ) -> Result<Restored, RestoreError> {
-    restore_from(cfg, rec, limits, commands_max, quota_backend_bytes, None)
+    restore_from(
+        cfg,
+        rec,
+        limits,
+        commands_max,
+        quota_backend_bytes,
+        None,
+        Store::new(),
+    )
 }
 
 /// [`restore_with_quota`] for a cluster that started from `initial_store`
@@ -172,6 +180,11 @@ pub fn restore_with_quota(
 /// are re-executed on `initial_store`. Every replica of the cluster must
 /// pass an identical store (or none): it is the state before decision 1.
 /// With a checkpoint it is not used (the checkpoint holds the whole state).
+///
+/// `empty` is an empty store on the value backend the replica runs with
+/// (`kv::Store::open`: the heap, or a fresh LMDB directory): the
+/// checkpoint, or the initial store, is loaded into it
+/// (`kv::Store::restore_reusing`), and the logged decisions run on it.
 ///
 /// # Errors
 /// As [`restore_with_quota`].
@@ -182,14 +195,16 @@ pub fn restore_from(
     commands_max: usize,
     quota_backend_bytes: u64,
     initial_store: Option<Store>,
+    empty: Store,
 ) -> Result<Restored, RestoreError> {
+    assert_eq!(empty.revision(), 1, "restore starts from an empty store");
     let restarted = rec.checkpoint.is_some() || !rec.records.is_empty() || rec.regency > 0;
     let chunk_bytes = cfg.snapshot_chunk_bytes;
     let (mut store, mut clients, mut last, mut proof, checkpoint) = match rec.checkpoint {
         Some(c) => {
             let ckpt = control::checkpoint::decode(&c.snapshot, limits, usize::MAX)
                 .map_err(|e| corrupt(format!("checkpoint {} does not decode: {e}", c.cid)))?;
-            let store = Store::restore(&ckpt.app).map_err(|e| {
+            let store = Store::restore_reusing(&ckpt.app, empty).map_err(|e| {
                 corrupt(format!("checkpoint {} holds a bad kv snapshot: {e}", c.cid))
             })?;
             let prepared = control::checkpoint::prepare(c.snapshot, chunk_bytes)
@@ -197,7 +212,14 @@ pub fn restore_from(
             (store, ckpt.clients, ckpt.cid, ckpt.proof, Some(prepared))
         }
         None => (
-            initial_store.unwrap_or_default(),
+            match initial_store {
+                Some(initial) if empty.value_backend() == kv::ValueBackend::Heap => initial,
+                // A store that decoded from a checked file encodes and
+                // decodes again.
+                Some(initial) => Store::restore_reusing(&initial.snapshot(), empty)
+                    .map_err(|e| corrupt(format!("the initial store does not restore: {e}")))?,
+                None => empty,
+            },
             ClientTable::default(),
             0,
             None,

@@ -67,9 +67,10 @@
 //!   used, with a warning. To keep that fallback usable the log always
 //!   reaches back to the older of the two kept checkpoints
 //!   ([`Storage::truncate_through`]).
-//! - Files named `host-*` belong to the program around the log (for
-//!   bftd, its proxy's first sequence number) and are passed over
-//!   silently ([`HOST_FILE_PREFIX`]).
+//! - Files and directories named `host-*` belong to the program around
+//!   the log (for bftd, its proxy's first sequence number and its kv
+//!   store's LMDB directory) and are passed over silently
+//!   ([`HOST_FILE_PREFIX`]).
 //! - Files whose names are not ours are ignored with a warning; our
 //!   `*.tmp` files (a crash while creating a segment or a checkpoint) are
 //!   removed with a warning.
@@ -94,9 +95,9 @@
 //! not enough: its unwritten extents still cost a metadata update when
 //! first written.
 
-/// Files in the log's directory whose names start with this belong to the
-/// program using the log, not to it: recovery passes over them without a
-/// warning (other unknown files are ignored with one).
+/// Files and directories in the log's directory whose names start with
+/// this belong to the program using the log, not to it: recovery passes
+/// over them without a warning (other unknown files are ignored with one).
 pub const HOST_FILE_PREFIX: &str = "host-";
 
 pub mod checkpoint;

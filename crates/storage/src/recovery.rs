@@ -80,7 +80,7 @@ fn list(dir: &Path, limits: &Limits) -> Result<Listing, StorageError> {
             ));
             continue;
         };
-        if is_file && name.starts_with(crate::HOST_FILE_PREFIX) {
+        if name.starts_with(crate::HOST_FILE_PREFIX) {
             continue;
         }
         let ours_tmp = name.strip_suffix(".tmp").is_some_and(|base| {

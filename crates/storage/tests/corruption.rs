@@ -284,8 +284,10 @@ fn garbage_files_in_the_directory_are_ignored_with_a_warning() {
     std::fs::write(dir.path().join("checkpoint-7.snap"), b"short name").unwrap();
     std::fs::write(dir.path().join("wal.log"), b"the old single-file log").unwrap();
     std::fs::create_dir(dir.path().join(format!("wal-{:020}.log", 9))).unwrap();
-    // The host's own files pass without a warning.
+    // The host's own files and directories pass without a warning.
     std::fs::write(dir.path().join("host-proxy_first_seq"), b"17\n").unwrap();
+    std::fs::create_dir(dir.path().join("host-kv.lmdb")).unwrap();
+    std::fs::write(dir.path().join("host-kv.lmdb/data.mdb"), b"x").unwrap();
     let (_, rec) = open_ok(dir.path());
     assert_eq!(rec.records, records);
     assert_eq!(rec.warnings.len(), 5, "{:?}", rec.warnings);

@@ -175,12 +175,18 @@ impl Executor {
     fn install(&self, cid: wire::Cid, app: &[u8], clients: &ClientTable) {
         // f+1 replicas reported this checkpoint's digest: a snapshot that
         // does not decode means correct replicas wrote a bad one.
-        let mut store = Store::restore(app).expect("a checkpoint f+1 replicas agree on decodes");
+        // The new store takes over the old one's values backend (its LMDB
+        // environment), under the write lock: readers wait for the install.
+        let mut guard = self.store.write();
+        let old = std::mem::take(&mut *guard);
+        let mut store =
+            Store::restore_reusing(app, old).expect("a checkpoint f+1 replicas agree on decodes");
         // The quota is configuration, not part of the snapshot.
         store.set_quota_bytes(self.quota_backend_bytes);
         store.set_lease_votes_needed(self.lease_votes_needed);
         let revision = store.revision();
-        *self.store.write() = store;
+        *guard = store;
+        drop(guard);
         let s = &self.status;
         Status::set(&s.last_applied_cid, cid);
         Status::set(&s.revision, revision as u64);

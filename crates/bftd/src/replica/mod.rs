@@ -60,6 +60,9 @@ pub enum StartError {
     Recovery(String),
     #[error("[storage] initial_snapshot: {0}")]
     InitialSnapshot(String),
+    /// The kv store's LMDB directory (`[storage] kv_backend = "lmdb"`).
+    #[error("{0}")]
+    KvStore(kv::OpenError),
 }
 
 /// A running replica's shared handles (for the API, metrics and tests).
@@ -331,6 +334,7 @@ fn start_on<R: RxPath, T: nic::TxPath>(
         &limits,
         config.api.proxy_bundle_ops_max,
         config.protocol.quota_backend_bytes,
+        &config.kv_value_backend(id),
         || crate::seed::initial_store(&config),
     )?;
     tracing::info!(
@@ -1063,6 +1067,36 @@ mod tests {
         assert!(err.contains("control_core = 99999"), "{err}");
         c.dataplane.pin_cores = PinCores::Off;
         assert_eq!(pinning(&c).unwrap(), (None, None));
+    }
+
+    #[test]
+    fn a_kv_directory_that_cannot_be_opened_stops_the_start_with_the_reason() {
+        let dir = std::env::temp_dir().join(format!("bftd-kvdir-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = crate::config::init_loopback(&dir, 4, 31000, Durability::Memory).unwrap();
+        let config = ClusterConfig::load(&path).unwrap();
+        let kv_dir = config.kv_dir(0);
+        std::fs::create_dir_all(&kv_dir).unwrap();
+        std::fs::write(kv_dir.join("precious"), b"x").unwrap();
+        let err = recovery::restore(
+            &config.data_dir(0),
+            storage::Durability::Memory,
+            config.control_config(0),
+            &config.limits(),
+            config.api.proxy_bundle_ops_max,
+            config.protocol.quota_backend_bytes,
+            &config.kv_value_backend(0),
+            || Ok(None),
+        )
+        .err()
+        .expect("the start stops");
+        let text = err.to_string();
+        assert!(
+            text.starts_with(&format!("cannot open kv store at {}: ", kv_dir.display())),
+            "{text}"
+        );
+        assert!(kv_dir.join("precious").exists(), "nothing of it was wiped");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

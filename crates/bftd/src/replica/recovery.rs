@@ -29,7 +29,9 @@ pub struct Restored {
 /// the logged decisions are re-executed. Without a checkpoint in the log,
 /// the decisions are re-executed on the store `initial_store` returns (a
 /// seeded cluster, see [`crate::seed`]; `None`: an empty store); with one,
-/// `initial_store` is not called.
+/// `initial_store` is not called. The store keeps its values on
+/// `kv_backend` (an LMDB directory is wiped and rebuilt: a cache).
+#[allow(clippy::too_many_arguments)]
 pub fn restore(
     dir: &std::path::Path,
     durability: storage::Durability,
@@ -37,9 +39,11 @@ pub fn restore(
     limits: &Limits,
     commands_max: usize,
     quota_backend_bytes: u64,
+    kv_backend: &kv::ValueBackend,
     initial_store: impl FnOnce() -> Result<Option<Store>, String>,
 ) -> Result<Restored, StartError> {
     let (storage, rec) = Storage::open(dir, durability, storage::Limits::default())?;
+    let empty = Store::open(kv_backend, kv::DEFAULT_MAX_TXN_OPS).map_err(StartError::KvStore)?;
     for w in &rec.warnings {
         tracing::warn!(dir = %dir.display(), "recovery: {w}");
     }
@@ -53,8 +57,16 @@ pub fn restore(
             "starting from the initial snapshot"
         );
     }
-    let r = node::restore_from(cfg, rec, limits, commands_max, quota_backend_bytes, initial)
-        .map_err(|e| StartError::Recovery(format!("{e}; {}", node::RestoreError::advice())))?;
+    let r = node::restore_from(
+        cfg,
+        rec,
+        limits,
+        commands_max,
+        quota_backend_bytes,
+        initial,
+        empty,
+    )
+    .map_err(|e| StartError::Recovery(format!("{e}; {}", node::RestoreError::advice())))?;
     Ok(Restored {
         storage,
         store: r.store,
