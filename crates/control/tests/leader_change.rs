@@ -448,15 +448,24 @@ fn closed_loop_slowing(
     ticks
 }
 
-fn monitored_net() -> Net {
+/// Windows of 10 ticks, one request per instance, one instance in flight;
+/// request timeouts and the leader-link check out of the way, so only the
+/// monitors configured here act.
+fn monitored_net_with(throughput_min_pct: u64, leader_lag_max_ticks: u64) -> Net {
     Net::with_config(4, |c| {
-        c.request_timeout_ticks = 10_000; // only the throughput check acts here
+        c.request_timeout_ticks = 10_000;
         c.leader_link_timeout_ticks = 0;
         c.throughput_window_ticks = 10;
-        c.throughput_min_pct = 50;
+        c.throughput_min_pct = throughput_min_pct;
+        c.leader_lag_max_ticks = leader_lag_max_ticks;
         c.batch_requests_max = 1;
         c.pipeline_depth = 1;
     })
+}
+
+/// Only the throughput monitor (50 %).
+fn monitored_net() -> Net {
+    monitored_net_with(50, 0)
 }
 
 /// Issue 11, item 3: a leader flooded mid-regency keeps ordering, a third
@@ -497,16 +506,9 @@ fn a_load_that_drops_does_not_replace_the_leader() {
     assert_eq!(net.replicas[2].stats().timeouts_throughput, 0);
 }
 
+/// Only the leader-lag monitor (2 ticks).
 fn lag_watched_net() -> Net {
-    Net::with_config(4, |c| {
-        c.request_timeout_ticks = 10_000;
-        c.leader_link_timeout_ticks = 0;
-        c.throughput_window_ticks = 10;
-        c.throughput_min_pct = 0; // only the leader-lag check acts here
-        c.leader_lag_max_ticks = 2;
-        c.batch_requests_max = 1;
-        c.pipeline_depth = 1;
-    })
+    monitored_net_with(0, 2)
 }
 
 /// Issue 11, item 3, RBFT-style: a leader that keeps ordering at full
