@@ -348,6 +348,7 @@ impl<T: TxPath, R: RxPath> ControlLoop<T, R> {
         }
         Status::set(&s.last_decided_cid, self.core.last_decided());
         Status::set(&s.pending_requests, self.core.pending_len() as u64);
+        Status::set(&s.proxy_outstanding, self.proxy.outstanding() as u64);
         Status::set(&s.transferring, self.core.is_transferring() as u64);
         Status::set(&s.control_heartbeat_ms, now);
     }

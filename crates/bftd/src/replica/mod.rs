@@ -1021,6 +1021,7 @@ impl api::http::Observe for Observer {
             "state_digest": store.state_digest().to_hex(),
             "keys": store.key_count(),
             "pending_requests": Status::get(&s.pending_requests),
+            "proxy_outstanding": Status::get(&s.proxy_outstanding),
             "transferring": Status::get(&s.transferring) == 1,
             "health": match s.health(status::now_ms()) {
                 Ok(()) => "ok".to_string(),

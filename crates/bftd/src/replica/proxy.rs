@@ -176,6 +176,12 @@ impl Proxy {
         Ok(())
     }
 
+    /// Requests sent for ordering and not yet answered (at most the
+    /// window).
+    pub fn outstanding(&self) -> usize {
+        self.outstanding.load(Ordering::SeqCst)
+    }
+
     /// Takes the reply channels of request `seq` (called by the executor
     /// when it answers it), frees its window slot, and bundles what waited
     /// for the slot.

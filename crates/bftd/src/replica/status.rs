@@ -20,6 +20,10 @@ pub struct Status {
     pub revision: AtomicU64,
     /// Requests waiting to be ordered.
     pub pending_requests: AtomicU64,
+    /// This replica's own clients' requests sent for ordering and not yet
+    /// answered (the proxy sends them again until they are executed, so a
+    /// write whose client gave up may still take effect later, as in etcd).
+    pub proxy_outstanding: AtomicU64,
     /// Consensus instances decided, and requests executed.
     pub decisions_total: AtomicU64,
     pub requests_executed_total: AtomicU64,

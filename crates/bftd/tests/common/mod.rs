@@ -346,6 +346,35 @@ impl Cluster {
 
     /// Waits until every running replica reports the same revision and
     /// state digest; returns them.
+    /// Waits until no running replica has a request pending or one of its
+    /// own clients' requests outstanding (`/status` `pending_requests`,
+    /// `proxy_outstanding`): every write sent so far has been executed.
+    pub fn wait_settled(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let busy: Vec<(u16, u64, u64)> = (0..self.n() as u16)
+                .filter(|i| self.children[*i as usize].is_some())
+                .map(|i| {
+                    let s = self.status(i);
+                    (
+                        i,
+                        s["pending_requests"].as_u64().unwrap(),
+                        s["proxy_outstanding"].as_u64().unwrap(),
+                    )
+                })
+                .filter(|&(_, pending, outstanding)| pending + outstanding > 0)
+                .collect();
+            if busy.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "requests still pending or outstanding (replica, pending, outstanding): {busy:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn wait_converged(&self, timeout: Duration) -> (u64, String) {
         let deadline = Instant::now() + timeout;
         loop {
