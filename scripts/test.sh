@@ -17,7 +17,11 @@ command -v promtool >/dev/null 2>&1 || need+=(prometheus)   # alert rules and a 
 # virtual-device drivers); the default build needs none of these.
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 pkg-config --exists libdpdk 2>/dev/null || need+=(libdpdk-dev)
-ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || need+=(libclang-dev)
+# bindgen loads libclang.so itself (libclang1-N); libclang-cpp.so, which
+# other LLVM packages bring, does not do (a fresh machine had only that).
+compgen -G "/usr/lib/llvm-*/lib/libclang.so*" >/dev/null \
+    || compgen -G "/usr/lib/llvm-*/lib/libclang-[0-9]*.so*" >/dev/null \
+    || need+=(libclang-dev)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing test dependencies: ${need[*]}"
     SUDO=""
