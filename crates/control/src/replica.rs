@@ -932,17 +932,13 @@ impl Replica {
             return; // one fetch per instance at a time
         }
         self.fetching.insert(cid, (d, self.tick));
-        self.stats.batches_fetched += 1;
-        for r in vouchers.into_iter().filter(|&r| r != self.cfg.me) {
-            out.push(Output::Send {
-                to: Target::One(r),
-                msg: Message::Fetch(Fetch {
-                    cid,
-                    digest: d,
-                    replica: self.cfg.me,
-                }),
-            });
-        }
+        let me = self.cfg.me;
+        let targets: Vec<Target> = vouchers
+            .into_iter()
+            .filter(|&r| r != me)
+            .map(Target::One)
+            .collect();
+        self.send_fetch(cid, d, &targets, out);
     }
 
     /// Mod-SMaRt step 2 -> 3: a quorum of WRITEs matches the durable
@@ -1077,7 +1073,7 @@ impl Replica {
         }
         if let Some(t) = self.leader_lag.waiting.remove(&a.cid) {
             let late = self.tick - t >= self.cfg.leader_lag_max_ticks;
-            self.count_leader_accept(late);
+            self.count_leader_accepts(late, 1);
             return;
         }
         let open = a.cid > self.last_decided
@@ -1099,7 +1095,7 @@ impl Replica {
             return;
         }
         if self.leader_lag.early.remove(&cid) {
-            self.count_leader_accept(false);
+            self.count_leader_accepts(false, 1);
             return;
         }
         // Bounded: at most `instance_window` decisions a tick for as many
@@ -1107,18 +1103,19 @@ impl Replica {
         let cap = self.cfg.instance_window * (self.cfg.leader_lag_max_ticks as usize + 1);
         if self.leader_lag.waiting.len() >= cap {
             self.leader_lag.waiting.pop_first();
-            self.count_leader_accept(true);
+            self.count_leader_accepts(true, 1);
         }
         self.leader_lag.waiting.insert(cid, self.tick);
     }
 
-    fn count_leader_accept(&mut self, late: bool) {
+    /// Counts `n` leader ACCEPTs of the window as late or on time.
+    fn count_leader_accepts(&mut self, late: bool, n: u64) {
         if late {
-            self.leader_lag.late += 1;
-            self.stats.leader_accepts_late += 1;
+            self.leader_lag.late += n;
+            self.stats.leader_accepts_late += n;
         } else {
-            self.leader_lag.on_time += 1;
-            self.stats.leader_accepts_on_time += 1;
+            self.leader_lag.on_time += n;
+            self.stats.leader_accepts_on_time += n;
         }
     }
 
@@ -1259,19 +1256,22 @@ impl Replica {
             return;
         }
         self.fetching.insert(cid, (digest, self.tick));
-        self.send_fetch(cid, digest, out);
+        self.send_fetch(cid, digest, &[Target::All], out);
     }
 
-    fn send_fetch(&mut self, cid: Cid, digest: Digest, out: &mut Vec<Output>) {
+    /// Asks `targets` for the batch of `cid` with `digest`.
+    fn send_fetch(&mut self, cid: Cid, digest: Digest, targets: &[Target], out: &mut Vec<Output>) {
         self.stats.batches_fetched += 1;
-        out.push(Output::Send {
-            to: Target::All,
-            msg: Message::Fetch(Fetch {
-                cid,
-                digest,
-                replica: self.cfg.me,
-            }),
-        });
+        for &to in targets {
+            out.push(Output::Send {
+                to,
+                msg: Message::Fetch(Fetch {
+                    cid,
+                    digest,
+                    replica: self.cfg.me,
+                }),
+            });
+        }
     }
 
     fn on_fetch(&mut self, f: Fetch, out: &mut Vec<Output>) {
@@ -1311,7 +1311,7 @@ impl Replica {
             })
             .collect();
         for (cid, digest) in due {
-            self.send_fetch(cid, digest, out);
+            self.send_fetch(cid, digest, &[Target::All], out);
         }
     }
 
@@ -1401,14 +1401,16 @@ impl Replica {
         if self.tick < self.monitor.window_start_tick + w {
             return;
         }
-        if self.monitor_leader_lag(out) {
+        let executed = self.stats.requests_executed - self.monitor.executed_at_window_start;
+        let pending_ticks = self.monitor.pending_ticks;
+        let (lag_on_time, lag_late) = (self.leader_lag.on_time, self.leader_lag.late);
+        self.start_monitor_window();
+        if self.leader_lags(lag_on_time, lag_late) {
+            self.stats.timeouts_leader_lag += 1;
+            self.send_stop(self.regency + 1, out);
             return;
         }
         let m = &mut self.monitor;
-        let executed = self.stats.requests_executed - m.executed_at_window_start;
-        let pending_ticks = std::mem::take(&mut m.pending_ticks);
-        m.window_start_tick = self.tick;
-        m.executed_at_window_start = self.stats.requests_executed;
         let wait_millitick = match executed {
             0 if pending_ticks > 0 => u64::MAX,
             0 => 0,
@@ -1453,6 +1455,17 @@ impl Replica {
         }
     }
 
+    /// Starts the monitors' next observation window at this tick (at the
+    /// end of a window, and when a regency's SYNC is applied).
+    fn start_monitor_window(&mut self) {
+        let m = &mut self.monitor;
+        m.window_start_tick = self.tick;
+        m.executed_at_window_start = self.stats.requests_executed;
+        m.pending_ticks = 0;
+        self.leader_lag.on_time = 0;
+        self.leader_lag.late = 0;
+    }
+
     /// Instances decided here whose leader ACCEPT has not come within
     /// `leader_lag_max_ticks` count as late now (a leader that sends none
     /// is as late as one that sends them too late).
@@ -1461,8 +1474,7 @@ impl Replica {
         let before = self.leader_lag.waiting.len();
         self.leader_lag.waiting.retain(|_, t| tick - *t < max);
         let expired = (before - self.leader_lag.waiting.len()) as u64;
-        self.leader_lag.late += expired;
-        self.stats.leader_accepts_late += expired;
+        self.count_leader_accepts(true, expired);
     }
 
     /// RBFT-style monitoring of the leader itself, at the end of each
@@ -1473,20 +1485,11 @@ impl Replica {
     /// 11, item 3). Throughput alone misses it: a flooded leader still
     /// orders most requests, each later, and closed-loop clients slow down
     /// with it. Unlike throughput and latency, the lag does not grow with
-    /// the load, which every replica carries alike. Returns whether it
-    /// asked for a leader change.
-    fn monitor_leader_lag(&mut self, out: &mut Vec<Output>) -> bool {
-        let lag = &mut self.leader_lag;
-        let (on_time, late) = (lag.on_time, lag.late);
-        lag.on_time = 0;
-        lag.late = 0;
+    /// the load, which every replica carries alike. `on_time` and `late`
+    /// are the window's counts.
+    fn leader_lags(&self, on_time: u64, late: u64) -> bool {
         let total = on_time + late;
-        if !self.watches_leader_lag() || total < LEADER_LAG_INSTANCES_MIN || late * 2 <= total {
-            return false;
-        }
-        self.stats.timeouts_leader_lag += 1;
-        self.send_stop(self.regency + 1, out);
-        true
+        self.watches_leader_lag() && total >= LEADER_LAG_INSTANCES_MIN && late * 2 > total
     }
 
     /// Hands the leadership to replica `to` (etcd's MoveLeader; BFT-SMaRt
@@ -1672,15 +1675,13 @@ impl Replica {
                 m.best_recent.pop_front();
             }
         }
-        m.window_start_tick = self.tick;
-        m.pending_ticks = 0;
-        m.executed_at_window_start = self.stats.requests_executed;
         if self.stats.requests_executed == m.executed_at_regency_start {
             m.unproductive_regencies = m.unproductive_regencies.saturating_add(1);
         } else {
             m.unproductive_regencies = 0;
         }
         m.executed_at_regency_start = self.stats.requests_executed;
+        self.start_monitor_window();
         out.push(Output::Regency {
             regency,
             leader: self.leader(),
@@ -1793,11 +1794,7 @@ impl Replica {
         self.failed_syncs = 0;
         // The new leader is judged from here on: the ticks spent syncing
         // are not its window.
-        self.monitor.window_start_tick = self.tick;
-        self.monitor.executed_at_window_start = self.stats.requests_executed;
-        self.monitor.pending_ticks = 0;
-        self.leader_lag.on_time = 0;
-        self.leader_lag.late = 0;
+        self.start_monitor_window();
         self.stats.syncs_applied += 1;
         // Every decision proof in the SYNC (verified by the dataplane) lets
         // this replica deliver that instance without state transfer.

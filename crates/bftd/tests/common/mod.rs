@@ -346,16 +346,24 @@ impl Cluster {
 
     /// Waits until every running replica reports the same revision and
     /// state digest; returns them.
+    /// `/status` of every running replica, by id.
+    fn running_status(&self) -> Vec<(u16, serde_json::Value)> {
+        (0..self.n() as u16)
+            .filter(|i| self.children[*i as usize].is_some())
+            .map(|i| (i, self.status(i)))
+            .collect()
+    }
+
     /// Waits until no running replica has a request pending or one of its
     /// own clients' requests outstanding (`/status` `pending_requests`,
     /// `proxy_outstanding`): every write sent so far has been executed.
     pub fn wait_settled(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
-            let busy: Vec<(u16, u64, u64)> = (0..self.n() as u16)
-                .filter(|i| self.children[*i as usize].is_some())
-                .map(|i| {
-                    let s = self.status(i);
+            let busy: Vec<(u16, u64, u64)> = self
+                .running_status()
+                .into_iter()
+                .map(|(i, s)| {
                     (
                         i,
                         s["pending_requests"].as_u64().unwrap(),
@@ -378,10 +386,10 @@ impl Cluster {
     pub fn wait_converged(&self, timeout: Duration) -> (u64, String) {
         let deadline = Instant::now() + timeout;
         loop {
-            let states: Vec<(u64, String)> = (0..self.n() as u16)
-                .filter(|i| self.children[*i as usize].is_some())
-                .map(|i| {
-                    let s = self.status(i);
+            let states: Vec<(u64, String)> = self
+                .running_status()
+                .into_iter()
+                .map(|(_, s)| {
                     (
                         s["revision"].as_u64().unwrap(),
                         s["state_digest"].as_str().unwrap().to_string(),
